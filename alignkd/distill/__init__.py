@@ -1,0 +1,1 @@
+"""alignkd.distill"""
