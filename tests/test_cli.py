@@ -1,0 +1,52 @@
+"""The real CLI in a subprocess: instant --help, generate --json parity, one clear error per bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "alignkd.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_stages_without_importing_torch():
+    code = "import sys, alignkd.cli; assert 'torch' not in sys.modules, 'torch imported at CLI import'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    out = run("--help")
+    assert out.returncode == 0
+    for stage in ("distill", "export", "profile", "eval", "generate"):
+        assert stage in out.stdout
+
+
+def test_generate_json_matches_official(fixture_dir, expected):
+    case = expected["cases"][0]
+    out = run("generate", "--model", str(fixture_dir / "checkpoint"), "--image", str(fixture_dir / case["image_file"]),
+              "--prompt", case["question"], "--max-new-tokens", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["output_ids"] == case["generate"]["new_token_ids"]
+    assert result["input_ids"] == case["input_ids"]
+    assert result["text"] == case["generate"]["decoded_text"].strip()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prompt", "<image>\nwhat?"], "no image was given"),
+    (["--prompt", "what?", "--image", "IMG", "--raw-prompt"], "no <image> placeholder"),
+    (["--prompt", "what?", "--image", "BROKEN"], "cannot decode image"),
+    (["--prompt", "<image>\n<image>\nwhat?", "--image", "IMG"], "2 <image> placeholders but 1 images"),
+])
+def test_generate_bad_input(fixture_dir, tmp_path, extra, message):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    subst = {"IMG": str(fixture_dir / "images" / "img0.png"), "BROKEN": str(broken)}
+    out = run("generate", "--model", str(fixture_dir / "checkpoint"), *[subst.get(a, a) for a in extra])
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_generate_missing_checkpoint(tmp_path):
+    out = run("generate", "--model", str(tmp_path / "none"), "--prompt", "hi")
+    assert out.returncode == 2 and "does not exist" in out.stderr
