@@ -13,7 +13,6 @@ bottom of this file.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -268,16 +267,36 @@ def mobilevlm_tiny(vocab=512, hidden=64, layers=2, heads=4, ffn=128) -> MobileVL
     )
 
 
+def synth_clip() -> CLIPVisionConfig:
+    """The vision tower shared by the synthetic world's teacher and student: 96 px in 4 px patches (24x24 grid)."""
+    return tiny_clip(image_size=96, patch=4, hidden=64, layers=3, heads=4)
+
+
+def synth_teacher(vocab=1024) -> MobileVLMConfig:
+    """Toy teacher for the synthetic world: 4 layers, 256 wide, 8 heads (the 7B's role)."""
+    return MobileVLMConfig(llm=_llama(vocab, 256, 4, 8, 512, 1e-5), vision=synth_clip(), image=ImageConfig(size=96),
+                           vision_tower_name="synthetic/clip-96")
+
+
+def synth_student(vocab=1024) -> MobileVLMConfig:
+    """Toy student for the synthetic world: 2 layers, 128 wide, 4 heads (the 1.7B's role: narrower, fewer heads)."""
+    return MobileVLMConfig(llm=_llama(vocab, 128, 2, 4, 256, 1e-6), vision=synth_clip(), image=ImageConfig(size=96),
+                           vision_tower_name="synthetic/clip-96")
+
+
 PRESETS = {
     "mobilevlm_v2_1_7b": mobilevlm_v2_1_7b,
     "mobilevlm_v2_3b": mobilevlm_v2_3b,
     "mobilevlm_v2_7b": mobilevlm_v2_7b,
     "mobilevlm_tiny": mobilevlm_tiny,
+    "synth_teacher": synth_teacher,
+    "synth_student": synth_student,
 }
 
 
 def get_preset(name: str) -> MobileVLMConfig:
     try:
-        return copy.deepcopy(PRESETS[name]())
+        builder = PRESETS[name]
     except KeyError:
         raise AlignKDError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+    return builder()
