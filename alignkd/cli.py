@@ -84,6 +84,56 @@ def generate(
         print(result.text)
 
 
+data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+eval_app = typer.Typer(help="Benchmark scoring (GQA, SQA-IMG, TextVQA, MME, MMBench, POPE) with the papers' protocols.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write train/, eval/, tokenizer/, scenes/ and world.json into."),
+    preset: str = typer.Option("default", "--preset", help="Size preset: default (quickstart size) or tiny (tests)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="World seed (same seed, same bytes)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Side of the drawn images in pixels."),
+    train_images: Optional[int] = typer.Option(None, "--train-images", help="Number of training images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what a previous synth wrote in --out."),
+) -> None:
+    """Write the synthetic world: LLaVA-format training data and the six benchmarks in their own file formats."""
+    try:
+        from alignkd.data.synth_world import synth_preset, synthesize
+
+        overrides = {k: v for k, v in (("seed", seed), ("image_size", image_size), ("train_images", train_images)) if v is not None}
+        summary = synthesize(out, synth_preset(preset, **overrides), overwrite=overwrite)
+    except AlignKDError as err:
+        _fail(err)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["eval"]["questions"].items())
+    typer.echo(f"wrote {out}: {summary['train']['images']} training images, eval questions: {counts} "
+               f"({summary['seconds']:.1f} s)")
+
+
+@eval_app.command("score")
+def eval_score(
+    bench: str = typer.Option(..., "--bench", help="gqa, sqa, textvqa, mme, mmbench or pope."),
+    data: Path = typer.Option(..., "--data", help="Benchmark suite folder (LLaVA's playground/data/eval layout)."),
+    predictions: Path = typer.Option(..., "--predictions", help="LLaVA answer file (JSONL: question_id, prompt, text, ...)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score only the answered questions (a partial result, not comparable with papers)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Score an existing predictions file, without a model (predictions made elsewhere, or reference checks)."""
+    try:
+        from alignkd.eval.registry import get_benchmark
+
+        bm = get_benchmark(bench)
+        result = bm.score_file(data, predictions, allow_missing=allow_missing)
+    except AlignKDError as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        typer.echo(f"{bm.title}: {bm.headline} = {result[bm.headline]:.2f}")
+
+
 def main() -> None:  # console-script entry point
     app()
 
