@@ -194,3 +194,34 @@ class EagerBackend:
         out = self.model.llm(inputs_embeds=embeds.to(self.model.dtype), cache=self.cache, use_cache=True,
                              position_ids=pos, cache_position=pos[0])
         return out.logits[0, -1].float()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the loop, whatever it came from (checkpoint folder or exported bundle)."""
+
+    backend: Backend
+    tokenizer: object  # alignkd.data.tokenizer.Tokenizer
+    image_config: object  # alignkd.data.image.ImageConfig
+    kind: str  # "checkpoint", "executorch", "onnx" or "coreml"
+    path: str
+    template: str = "v1"
+    size_bytes: int = 0  # on disk
+    info: dict = field(default_factory=dict)
+
+
+def load_model(path, dtype: str = "float32", vision_tower=None) -> LoadedModel:
+    """A checkpoint folder (config.json) or an exported bundle (manifest.json), as a LoadedModel."""
+    from pathlib import Path
+
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        from alignkd.runtime.bundle import load_bundle  # exported bundles: the export stage's backends
+
+        return load_bundle(path)
+    from alignkd.models.checkpoint import load_checkpoint
+
+    model, tokenizer = load_checkpoint(path, dtype=getattr(torch, dtype), vision_tower=vision_tower)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+    return LoadedModel(EagerBackend(model), tokenizer, model.config.image, "checkpoint", str(path), size_bytes=size,
+                       info={"dtype": dtype, "context_length": model.config.context_length})

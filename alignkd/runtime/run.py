@@ -14,18 +14,15 @@ def generate_from_checkpoint(model_dir: Path, question: str, image: Path | None 
                              template: str = "v1", raw_prompt: bool = False, temperature: float = 0.0,
                              top_p: float | None = None, seed: int = 0, dtype: str = "float32",
                              vision_tower: Path | None = None, stream=None):
-    """Greedy (or sampled) answer of a MobileVLM checkpoint folder; returns a GenerationResult."""
-    import torch
-
+    """Greedy (or sampled) answer of a checkpoint folder or exported bundle; returns a GenerationResult."""
     from alignkd.data.image import ImageProcessor, load_image
-    from alignkd.models.checkpoint import load_checkpoint
-    from alignkd.runtime.generation import EagerBackend, GenerationConfig, build_prompt, generate
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate, load_model
 
     images = [load_image(image)] if image is not None else []
     # Check the prompt before paying for the model load.
     prompt = build_prompt(question, len(images), template, raw=raw_prompt)
-    model, tokenizer = load_checkpoint(model_dir, dtype=getattr(torch, dtype), vision_tower=vision_tower)
-    pixels = ImageProcessor(model.config.image)(images) if images else None
+    loaded = load_model(model_dir, dtype=dtype, vision_tower=vision_tower)
+    pixels = ImageProcessor(loaded.image_config)(images) if images else None
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     printed = [0]
 
@@ -33,4 +30,4 @@ def generate_from_checkpoint(model_dir: Path, question: str, image: Path | None 
         stream(text[printed[0]:])
         printed[0] = len(text)
 
-    return generate(EagerBackend(model), tokenizer, prompt, pixels, config, template, on_token if stream else None)
+    return generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, template, on_token if stream else None)
