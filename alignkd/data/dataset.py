@@ -111,6 +111,8 @@ class LlavaDataset:
         self.image_root = Path(image_root) if image_root is not None else self.data_path.parent
         self.tokenizer = tokenizer
         self.template = get_template(template)
+        if isinstance(max_length, str) and max_length.strip().isdigit():
+            max_length = int(max_length)
         self.max_length = LENGTH_PRESETS.get(max_length, max_length) if isinstance(max_length, str) else int(max_length)
         if not isinstance(self.max_length, int):
             raise AlignKDError(f"max_length {max_length!r} is neither a number nor one of {', '.join(LENGTH_PRESETS)}")

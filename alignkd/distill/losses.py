@@ -1,6 +1,6 @@
 """The Align-KD loss terms (Feng et al., CVPR 2025) as pure functions and two tiny adapter modules.
 
-Implemented as the paper defines them (spec: /work/shared/spec/alignkd-method.md §1), not as the
+Implemented as the paper defines them (the project's Align-KD method notes, §1), not as the
 released code computes them: the attention block is text-query x vision-key (the released mask took
 the causally-zeroed transpose, a zero-gradient term), the logit term is a true reverse KL over a
 token mask in fp32 (the released one is forward-KL cross-entropy over all positions in fp16), focus
@@ -10,7 +10,7 @@ owned by the optimizer. Every reduction is done in fp32 whatever the input dtype
 Index convention shared by `gather_text_vision_block`, `attention_mse` and `focus_topk`: position
 tensors are padded with a negative value (PAD_POSITION); `text_pos >= 0` is the `text_valid` mask.
 
-Exercised by: /work/venv/bin/python -m pytest tests/distill/test_losses.py
+Exercised by: python -m pytest tests/distill/test_losses.py
 """
 
 import torch

@@ -1,0 +1,195 @@
+"""The training recipe on accelerate, read top to bottom: setup, train, save, resume.
+
+`alignkd distill -c CONFIG` (Align-KD, a teacher in the config) and `alignkd train -c CONFIG` (plain
+supervised fine-tuning, no teacher: the CE-only baseline, and how the toy teacher is trained) both run
+`run()`. The teacher is frozen, in eval mode, under no_grad, and never handed to `accelerator.prepare`;
+the student and the KD adapters are one module that the optimizer, the checkpoint and DDP own. Nothing
+assumes a single process: `accelerate launch --cpu --num_processes 2 -m alignkd distill -c CONFIG` works.
+
+    alignkd distill -c alignkd/configs/synth_distill.yaml output_dir=runs/kd max_steps=20
+    alignkd distill -c alignkd/configs/synth_distill.yaml output_dir=runs/kd --resume
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from alignkd.config import to_dict
+from alignkd.distill.checkpoint import (check_pair, load_adapters, load_spec, resolve_resume, save_adapters,
+                                       save_run_checkpoint)
+from alignkd.distill.config import TrainConfig
+from alignkd.distill.objective import TERMS, AlignKDModule, run_teacher
+from alignkd.errors import AlignKDError
+
+
+def _param_groups(module: AlignKDModule, optim) -> list[dict]:
+    """The paper's recipe: one LR for the LLM, its own for the projector (and the adapters)."""
+    groups = {"llm": [], "projector": [], "adapters": []}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("student.mm_projector"):
+            groups["projector"].append(p)
+        elif name.startswith(("head_adapter", "vision_adapter")):
+            groups["adapters"].append(p)
+        else:
+            groups["llm"].append(p)
+    proj_lr = optim.projector_lr or optim.lr
+    lrs = {"llm": optim.lr, "projector": proj_lr, "adapters": optim.adapter_lr or proj_lr}
+    # adapters get no weight decay: they are plain linear maps between spaces, not a model to regularise
+    decay = {"llm": optim.weight_decay, "projector": optim.weight_decay, "adapters": 0.0}
+    return [{"params": ps, "lr": lrs[g], "weight_decay": decay[g], "name": g} for g, ps in groups.items() if ps]
+
+
+def _epoch_indices(n: int, seed: int, epoch: int) -> list[int]:
+    """The same shuffled order on every process and after every resume."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
+    """Train; returns the output folder (final student in official format at OUT/student)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from alignkd.data.dataset import Collator, LlavaDataset
+
+    out_dir = Path(cfg.output_dir)
+    resume_from = resolve_resume(resume, out_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision.value,
+                              log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))
+    set_seed(cfg.seed)
+
+    # ---- setup: models, data, optimizer -----------------------------------------------------------
+    student, tokenizer = load_spec(cfg.student)
+    student.vision_tower.requires_grad_(not cfg.freeze_vision_tower)
+    teacher = None
+    if cfg.distill:
+        teacher, t_tok = load_spec(cfg.teacher, train=False)
+        check_pair(teacher, t_tok, student, tokenizer)
+        teacher.requires_grad_(False).to(accelerator.device, getattr(torch, cfg.teacher_dtype))
+    if cfg.gradient_checkpointing:
+        student.llm.gradient_checkpointing_enable()
+    module = AlignKDModule(student, cfg.loss, teacher.config.num_heads if teacher else None,
+                           teacher.config.hidden_size if teacher else None)
+    if cfg.adapters_from:
+        load_adapters(module, Path(cfg.adapters_from))
+    dataset = LlavaDataset(cfg.data.train, cfg.data.image_root, tokenizer, student.config.image, cfg.data.template,
+                           cfg.data.max_length, student.config.num_image_tokens, cfg.data.strict)
+    collator = Collator(tokenizer.pad_id)
+    batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size) // accelerator.num_processes
+    steps_per_epoch = batches_per_epoch // cfg.grad_accum  # a trailing partial accumulation is dropped
+    if steps_per_epoch < 1:
+        raise AlignKDError(f"{cfg.data.train} has {len(dataset)} records: too few for one optimizer step of "
+                           f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {accelerator.num_processes} processes")
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(_param_groups(module, cfg.optim), betas=tuple(cfg.optim.betas))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per process)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "state"))
+        step = json.loads((resume_from / "train_state.json").read_text())["step"]
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if cfg.tensorboard:
+        accelerator.init_trackers("alignkd", config=_flat(to_dict(cfg)))
+
+    # ---- train --------------------------------------------------------------------------------------
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
+               desc="distill" if cfg.distill else "train", dynamic_ncols=True)
+    last_saved = resume_from
+    history = []
+    t_start = time.perf_counter()
+    try:
+        while step < total_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=_epoch_indices(len(dataset), cfg.seed, epoch),
+                                collate_fn=collator, num_workers=cfg.data.num_workers)
+            loader = accelerator.prepare_data_loader(loader)
+            skip = done_in_epoch * cfg.grad_accum
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
+            sums = torch.zeros(len(TERMS) + 2, device=accelerator.device)
+            for micro, batch in enumerate(loader, start=skip):
+                if micro >= steps_per_epoch * cfg.grad_accum or step >= total_steps:
+                    break
+                last = (micro + 1) % cfg.grad_accum == 0
+                with nullcontext() if last else accelerator.no_sync(module):
+                    t_out = run_teacher(teacher, batch, cfg.loss) if teacher is not None and batch["input_ids"] is not None else None
+                    terms = module(batch, t_out)
+                    accelerator.backward(terms["loss"] / cfg.grad_accum)
+                values = torch.stack([terms["loss"].detach().float()] + [terms.get(n, torch.zeros(())).detach().float().reshape(()) for n in TERMS])
+                finite = torch.isfinite(values).all().float()
+                sums += torch.cat([torch.nan_to_num(values), finite.reshape(1)])
+                if not last:
+                    continue
+                sums = accelerator.reduce(sums, reduction="mean") / cfg.grad_accum
+                if sums[-1] < 1.0:
+                    raise AlignKDError(
+                        f"non-finite loss at step {step + 1}: " + ", ".join(f"{n}={float(v):.4g}" for n, v in zip(("loss",) + TERMS, sums)) +
+                        f"; last good checkpoint: {last_saved or 'none'}; lower the learning rate or use bf16 instead of fp16, then --resume"
+                    )
+                accelerator.clip_grad_norm_(module.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                logged = {n: float(v) for n, v in zip(("loss",) + TERMS, sums[:-1])}
+                logged["lr"] = scheduler.get_last_lr()[0]
+                history.append({"step": step, **logged})
+                if step % cfg.log_every == 0:
+                    accelerator.log(logged, step=step)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k in ("loss",) + TERMS and (k != "loss")})
+                bar.update(1)
+                sums = torch.zeros_like(sums)
+                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                    last_saved = save_run_checkpoint(accelerator, module, tokenizer, out_dir,
+                                                     {"step": step, "epoch": epoch}, cfg.keep_checkpoints)
+    except KeyboardInterrupt:
+        # keep the work: save at the last completed optimizer step, then tell how to continue
+        saved = save_run_checkpoint(accelerator, module, tokenizer, out_dir, {"step": step, "epoch": step // steps_per_epoch}, cfg.keep_checkpoints)
+        raise AlignKDError(f"interrupted at step {step}; saved {saved}; continue with the same command plus --resume") from None
+    finally:
+        bar.close()
+
+    # ---- save -------------------------------------------------------------------------------------
+    from alignkd.models.checkpoint import save_checkpoint
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(module)
+        save_checkpoint(unwrapped.student, tokenizer, out_dir / "student")
+        save_adapters(unwrapped, out_dir / "adapters.safetensors")
+        summary = {"steps": step, "seconds": time.perf_counter() - t_start, "skipped_records": dict(collator.skipped),
+                   "skipped_summary": collator.summary(), "final": history[-1] if history else None}
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with (out_dir / "history.jsonl").open("a") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+        accelerator.print(f"{collator.summary()}; student written to {out_dir / 'student'}")
+    accelerator.end_training()
+    return out_dir

@@ -1,0 +1,79 @@
+"""The recipe end to end on the tiny world: exact resume, two processes, and one clear error per bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from alignkd.config import from_dict
+from alignkd.distill.config import TrainConfig
+from alignkd.distill.recipe import run
+from alignkd.errors import AlignKDError
+from alignkd.models.checkpoint import read_state_dict
+
+from conftest import synth_config
+
+
+def _weights(folder: Path):
+    return read_state_dict(folder / "student")
+
+
+def test_resume_equals_uninterrupted(world, teacher_ckpt, tmp_path):
+    """A run stopped after step 2 and resumed from its checkpoint ends with the uninterrupted run's weights."""
+    config = lambda out, **kw: from_dict(TrainConfig, synth_config(world, teacher_ckpt, out, max_steps=4, grad_accum=2, **kw))
+    straight = run(config(tmp_path / "straight"), progress=False)
+    saving = run(config(tmp_path / "saving", save_every=2), progress=False)
+    ckpt = saving / "checkpoints" / "step-2"
+    assert (ckpt / "train_state.json").is_file() and (ckpt / "student" / "model.safetensors").is_file()
+    resumed = run(config(tmp_path / "resumed", save_every=2), resume=str(ckpt), progress=False)
+    a, b, c = _weights(straight), _weights(saving), _weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # saving checkpoints does not change training
+        assert torch.equal(a[key], c[key]), key  # resuming at step 2 ends exactly where the straight run ends
+    hist = [json.loads(l) for l in (resumed / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [3, 4]
+    assert (straight / "adapters.safetensors").is_file()
+
+
+def test_ce_only_training(world, teacher_ckpt, tmp_path):
+    cfg = synth_config(world, teacher_ckpt, tmp_path / "ce", teacher=None, max_steps=2)
+    out = run(from_dict(TrainConfig, cfg), progress=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["final"]["kd"] == 0.0
+    assert not (out / "adapters.safetensors").exists()
+
+
+def test_two_processes(world, teacher_ckpt, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(synth_config(world, teacher_ckpt, tmp_path / "ddp", max_steps=2, batch_size=2)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "alignkd", "distill", "-c", str(cfg_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["final"]["attn"] > 0
+
+
+def test_mismatched_tokenizer_refused(world, teacher_ckpt, tmp_path, fixture_dir):
+    cfg = synth_config(world, teacher_ckpt, tmp_path / "x", teacher={"path": str(fixture_dir / "checkpoint")})
+    cfg["student"].pop("vision_tower_from")
+    with pytest.raises(AlignKDError, match=r"teacher and student differ in tokenizer.*teacher 512 pieces"):
+        run(from_dict(TrainConfig, cfg), progress=False)
+
+
+def test_non_finite_loss_stops_naming_step_and_terms(world, teacher_ckpt, tmp_path):
+    cfg = synth_config(world, teacher_ckpt, tmp_path / "nan", max_steps=3, optim={"lr": 1e30, "max_grad_norm": 1e30})
+    with pytest.raises(AlignKDError, match=r"non-finite loss at step \d+: loss=.*ce=.*kd=.*attn=.*last good checkpoint"):
+        run(from_dict(TrainConfig, cfg), progress=False)
+
+
+def test_resume_without_checkpoint(world, teacher_ckpt, tmp_path):
+    with pytest.raises(AlignKDError, match="no checkpoint"):
+        run(from_dict(TrainConfig, synth_config(world, teacher_ckpt, tmp_path / "none")), resume=True, progress=False)
