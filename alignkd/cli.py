@@ -123,7 +123,18 @@ def train(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_
 
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-eval_app = typer.Typer(help="Benchmark scoring (GQA, SQA-IMG, TextVQA, MME, MMBench, POPE) with the papers' protocols.", no_args_is_help=True)
+class _DefaultRunGroup(typer.core.TyperGroup):
+    """`alignkd eval MODEL ...` means `alignkd eval run MODEL ...`; `score` and `compare` stay subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(cls=_DefaultRunGroup, no_args_is_help=True,
+                       help="Evaluate on GQA, SQA-IMG, TextVQA, MME, MMBench, POPE with the papers' protocols: "
+                            "`alignkd eval MODEL --bench ... --data DIR`, `alignkd eval score ...`, `alignkd eval compare ...`.")
 app.add_typer(eval_app, name="eval")
 
 
@@ -171,7 +182,104 @@ def eval_score(
         typer.echo(f"{bm.title}: {bm.headline} = {result[bm.headline]:.2f}")
 
 
+BENCH_OPT = typer.Option("gqa,sqa,textvqa,mme,mmbench,pope", "--bench", help="Comma-separated benchmarks.")
+
+
+def _default_out(model: Path, prefix: str = "") -> Path:
+    """runs/eval/<parent>-<name>: distinct for runs/kd/student and runs/ce/student."""
+    model = model.resolve()
+    return Path("runs") / "eval" / f"{prefix}{model.parent.name}-{model.name}"
+
+
+def _benches(bench: str) -> list[str]:
+    return [b.strip() for b in bench.split(",") if b.strip()]
+
+
+@eval_app.command("run")
+def eval_run(
+    model: Path = typer.Argument(..., help="Checkpoint folder or exported bundle."),
+    bench: str = BENCH_OPT,
+    data: Path = typer.Option(..., "--data", help="Benchmark suite folder (LLaVA's playground/data/eval layout)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the answer files go (default: runs/eval/PARENT-NAME of the model). Re-running resumes."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N questions per benchmark (a partial result)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap the benchmark's own budget (smoke runs; not comparable with papers)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate answers with each benchmark's official prompt and settings, write LLaVA answer files, score."""
+    try:
+        from alignkd.eval.run import evaluate, format_table
+
+        out = out or _default_out(model)
+        result = evaluate(model, _benches(bench), data, out, limit=limit, dtype=dtype.value, max_new_tokens=max_new_tokens,
+                          progress=not as_json)
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(result) if as_json else format_table(result))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    bundle: Path = typer.Argument(..., help="Exported bundle (or any model) to check."),
+    reference: Path = typer.Option(..., "--reference", help="The source checkpoint."),
+    bench: str = BENCH_OPT,
+    data: Path = typer.Option(..., "--data"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/eval/compare-PARENT-NAME of the bundle."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Accuracy drift of an exported bundle against its source checkpoint, per benchmark, plus answer agreement."""
+    try:
+        from alignkd.eval.run import compare, format_compare
+
+        out = out or _default_out(bundle, "compare-")
+        result = compare(bundle, reference, _benches(bench), data, out, limit, max_new_tokens=max_new_tokens, progress=not as_json)
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(result) if as_json else format_compare(result))
+
+
+@app.command()
+def profile(
+    model: Path = typer.Argument(..., help="Checkpoint folder or exported bundle."),
+    device: str = typer.Option("host", "--device", help="host (here); android / ios need a phone (later)."),
+    runs: int = typer.Option(5, "--runs", min=1),
+    warmup: int = typer.Option(1, "--warmup", min=0),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    image: Optional[Path] = typer.Option(None, "--image", help="Default: a synthetic image."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Default: a question padded to ~190 prefill positions (llama.cpp's comparison)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: load_s, vision_encode_s, ttft_s, prefill_tok_s, decode_tok_s, peak_rss_mb, size_mb, p90, raw runs."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG latency breakdown (vision encode / prefill / decode per run)."),
+) -> None:
+    """Latency and memory: load, vision encode, prefill (TTFT), decode, peak RSS, size on disk (median and p90)."""
+    try:
+        from alignkd.runtime.profile import format_profile, profile as run_profile
+
+        img = None
+        if image is not None:
+            from alignkd.data.image import load_image
+
+            img = load_image(image)
+        result = run_profile(model, device=device, runs=runs, warmup=warmup, image=img, prompt=prompt,
+                             max_new_tokens=max_new_tokens, dtype=dtype.value, plot=plot)
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(result) if as_json else format_profile(result))
+
+
+def _quiet_backend_noise() -> None:
+    """transformers imports torchao when it is installed (the export extra); its CUDA-kernel load failures
+    and torch's Enum-registration deprecation warnings are harmless on CPU and would bury our output."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:  # console-script entry point
+    _quiet_backend_noise()
     app()
 
 

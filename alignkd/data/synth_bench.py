@@ -1,6 +1,6 @@
 """Writers for the synthetic evaluation suite in the real benchmarks' own formats: GQA, TextVQA, MME, POPE.
 
-The layout (LLaVA's `playground/data/eval/`) is the contract in /work/notes/layout.md, read by
+The layout (LLaVA's `playground/data/eval/`) is the contract in docs/benchmark-layout.md, read by
 `alignkd.eval`; ScienceQA and MMBench (multiple choice) are in `synth_bench_choice.py`. Every writer also
 records each question's structured ground truth (`EvalSink.truths`) and each image's scene record
 (`EvalSink.scenes`), which `synth_world.py` saves under `scenes/` so tests can re-derive every answer.

@@ -1,6 +1,6 @@
 """Writers for the multiple-choice benchmarks of the synthetic suite: ScienceQA-IMG and MMBench (CircularEval).
 
-Formats follow /work/notes/layout.md: ScienceQA as LLaVA's `llava_test_CQM-A.json` (the suffix "Answer with
+Formats follow docs/benchmark-layout.md: ScienceQA as LLaVA's `llava_test_CQM-A.json` (the suffix "Answer with
 the option's letter..." is appended by the eval loop, as LLaVA's `model_vqa_science.py --single-pred-prompt`
 does) with `problems.json` and `pid_splits.json`; MMBench as the dev TSV with base64 images whose circular
 copies are extra rows at `index + 1000000 * k` with the options rotated by k.

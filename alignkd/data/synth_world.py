@@ -7,7 +7,7 @@ model hub and no dataset hub):
     out_dir/train/pretrain.json        LLaVA JSON, captions for the `plain` template
     out_dir/train/finetune.json        LLaVA JSON, single/multi-turn Q/A for `v1` (+ text-only records)
     out_dir/train/images/*.png
-    out_dir/eval/...                   the six benchmarks in LLaVA's eval layout (/work/notes/layout.md)
+    out_dir/eval/...                   the six benchmarks in LLaVA's eval layout (docs/benchmark-layout.md)
     out_dir/tokenizer/                 SentencePiece BPE, LLaMA-style folder (sp_tokenizer.py)
     out_dir/scenes/{train,eval}.jsonl  every image's scene record; scenes/eval_questions.jsonl the truth
 

@@ -5,7 +5,7 @@ LLaVA's `playground/data/eval/` layout (see notes/layout.md) into `Question`s, a
 of answer-file records (LLaVA's `model_vqa_*.py` JSONL) exactly as the reference scripts do.
 No torch here: `alignkd --help` and scoring stay fast.
 
-    /work/venv/bin/python -m pytest tests/eval -q
+    python -m pytest tests/eval -q
 """
 
 from __future__ import annotations

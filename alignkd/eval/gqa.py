@@ -5,7 +5,7 @@ Reference: LLaVA `scripts/convert_gqa_for_eval.py` turns each answer into
 accuracy = exact string match with the question's `answer`, averaged over the questions whose
 `isBalanced` is true (all of testdev_balanced). Binary/open split: structural type "query" is open.
 
-    /work/venv/bin/python -m pytest tests/eval/test_gqa.py -q
+    python -m pytest tests/eval/test_gqa.py -q
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ be an article), else exactly one of the forms "X." "X," "X:" "X)" "X)." "(X)" "(
 ":X)" ":X).", else exactly one option text contained in the answer (case-insensitive). Where those
 fail the reference asks a GPT judge; offline, as VLMEvalKit's `exact_matching`, the row counts wrong.
 
-    /work/venv/bin/python -m pytest tests/eval/test_mmbench.py -q
+    python -m pytest tests/eval/test_mmbench.py -q
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ subtask score = acc + acc+ (max 200). Perception = sum over the 10 perception su
 cognition over the 4 cognition ones (max 800). calculation.py pairs consecutive lines per category;
 we group by image (the question_id), which is the same pairing for the official file order.
 
-    /work/venv/bin/python -m pytest tests/eval/test_mme.py -q
+    python -m pytest tests/eval/test_mme.py -q
 """
 
 from __future__ import annotations

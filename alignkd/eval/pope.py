@@ -11,7 +11,7 @@ file's rows of a subset and the label file, check it row by row on the image nam
 to questions by question_id, so a reordered answer file still scores correctly.
 One deviation: where LLaVA divides by zero (no predicted or no true yes) we report 0.
 
-    /work/venv/bin/python -m pytest tests/eval/test_pope.py -q
+    python -m pytest tests/eval/test_pope.py -q
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ of the problem's choices. IMG-Accuracy is the accuracy over questions that carry
 tests `'<image>' in prompt`, which model_vqa_science.py sets exactly when the question has an image,
 so we read the question file's `image` key instead of trusting the answer record.
 
-    /work/venv/bin/python -m pytest tests/eval/test_sqa.py -q
+    python -m pytest tests/eval/test_sqa.py -q
 """
 
 from __future__ import annotations

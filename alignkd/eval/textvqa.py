@@ -14,7 +14,7 @@ Quirks kept for bit-compatibility with the published numbers:
   from `normalize_answer` ("1,000" becomes "1000" through the comma deletion instead);
 * the contraction table maps "somebody'd" to "somebodyd".
 
-    /work/venv/bin/python -m pytest tests/eval/test_textvqa.py -q
+    python -m pytest tests/eval/test_textvqa.py -q
 """
 
 from __future__ import annotations

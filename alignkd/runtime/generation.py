@@ -45,6 +45,7 @@ class GenerationConfig:
     top_p: float | None = None
     seed: int = 0
     stop_strings: tuple[str, ...] | None = None  # None: the template's stop string
+    ignore_eos: bool = False  # profiling: with stop_strings=() every run decodes exactly max_new_tokens
 
 
 @dataclass
@@ -131,7 +132,7 @@ def generate(backend: Backend, tokenizer, prompt: str, pixel_values: torch.Tenso
             first_token_s = time.perf_counter() - t0
         if on_token is not None:
             on_token(tok, tokenizer.decode(new_ids))
-        if tok == tokenizer.eos_id:
+        if tok == tokenizer.eos_id and not cfg.ignore_eos:
             stop_reason = "eos"
             break
         tail = tokenizer.decode(new_ids[-STOP_WINDOW:])
@@ -219,6 +220,9 @@ def load_model(path, dtype: str = "float32", vision_tower=None) -> LoadedModel:
         from alignkd.runtime.bundle import load_bundle  # exported bundles: the export stage's backends
 
         return load_bundle(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise AlignKDError(f"{path} is neither a checkpoint folder (config.json) nor an exported bundle (manifest.json); "
+                           "pass a MobileVLM checkpoint folder or a folder written by `alignkd export`.")
     from alignkd.models.checkpoint import load_checkpoint
 
     model, tokenizer = load_checkpoint(path, dtype=getattr(torch, dtype), vision_tower=vision_tower)

@@ -1,0 +1,252 @@
+"""Entry functions behind `alignkd eval`: generate answers with a model, write LLaVA answer files, score, tabulate.
+
+`evaluate` loads the model once and, per benchmark, answers every question (template v1, greedy, the
+benchmark's max_new_tokens, `<image>\\n` before the question when it has an image), appending each answer
+to `out_dir/{bench}.jsonl` as soon as it exists, so a killed run resumes where it stopped. It then scores
+the file with the benchmark's scorer and builds the paper's table (Avg = mean of the six with MME-P / 20).
+`compare` evaluates an exported bundle and its source checkpoint on the same questions and reports the
+accuracy drift and the per-question answer agreement.
+
+    alignkd eval MODEL --bench gqa --bench pope --data playground/data/eval --out answers --limit 50
+    python -m pytest tests/eval/test_run.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from alignkd.errors import AlignKDError
+from alignkd.eval.common import ANSWER_KEYS, Question, answer_record, read_answers
+from alignkd.eval.registry import get_benchmark
+
+# The paper's columns (Align-KD / MobileVLM tables), benchmark name -> label.
+COLUMNS = {"mme": "MME-P", "gqa": "GQA", "textvqa": "TextVQA", "pope": "POPE", "mmbench": "MMBench", "sqa": "SQA-IMG"}
+MME_SCALE = 20  # MobileVLM's Avg. rescales MME perception (max 2000) to 0-100
+
+
+def _key(record: dict | Question) -> tuple:
+    """What identifies an answer: MME shares a question_id between an image's two questions and TextVQA's
+    id is the image id, so the id alone is not unique; (id, round, prompt) is, as in the scorers."""
+    if isinstance(record, Question):
+        return (record.question_id, record.extra.get("round_id"), record.record_prompt)
+    return (record["question_id"], record.get("round_id"), record["prompt"])
+
+
+def _read_done(path: Path, questions: list[Question], model_id: str) -> Counter:
+    """Keys already answered in `path`; a truncated last line (a killed write) is cut off the file."""
+    if not path.exists():
+        return Counter()
+    data = path.read_bytes()
+    done, known, offset = Counter(), Counter(_key(q) for q in questions), 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            if not last:
+                raise AlignKDError(f"{path} line {i + 1} is not valid JSON; delete that line (or the file) to resume.") from None
+            with open(path, "r+b") as f:  # killed mid-write: drop the partial line, it will be regenerated
+                f.truncate(offset)
+            break
+        if record is not None:
+            if not isinstance(record, dict) or any(k not in record for k in ANSWER_KEYS):
+                raise AlignKDError(f"{path} line {i + 1} is not a LLaVA answer record ({', '.join(ANSWER_KEYS)}); "
+                                   "delete the file or use another --out folder.")
+            if record.get("model_id") != model_id:
+                raise AlignKDError(f"{path} holds answers of model {record.get('model_id')!r}, not {model_id!r}; "
+                                   "pass another --out folder (or delete the file) so answers of two models never mix.")
+            key = _key(record)
+            if done[key] >= known[key]:
+                raise AlignKDError(f"{path} line {i + 1} answers question {record['question_id']!r}, which this benchmark "
+                                   "does not ask (or asks fewer times); it belongs to another suite: use another --out folder.")
+            done[key] += 1
+        offset += len(line) + 1
+    if data and not data.endswith(b"\n") and offset > len(data):  # complete last record, newline lost
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return done
+
+
+def _todo(questions: list[Question], done: Counter) -> list[Question]:
+    left, todo = Counter(done), []
+    for q in questions:
+        if left[_key(q)]:
+            left[_key(q)] -= 1
+        else:
+            todo.append(q)
+    return todo
+
+
+def _prepare(benches: list[str], data_dir: Path, limit: int | None) -> dict:
+    """Read every question and every scoring file before the model load, so bad input fails in seconds."""
+    if not benches:
+        raise AlignKDError(f"no benchmark given; pass one or more of: {', '.join(COLUMNS)}.")
+    if limit is not None and limit < 1:
+        raise AlignKDError(f"--limit {limit} must be a positive number of questions per benchmark.")
+    plan = {}
+    for name in dict.fromkeys(benches):
+        bm = get_benchmark(name)
+        every = bm.load_questions(data_dir)
+        bm.score(data_dir, [], allow_missing=True, source="dry run")  # loads annotations, labels, ground truth
+        questions = every[:limit] if limit else every
+        missing = [q.image_path for q in questions if q.image_path is not None and not q.image_path.is_file()]
+        if missing:
+            raise AlignKDError(f"{missing[0]} not found ({len(missing)} image(s) of {bm.title} missing); unpack the "
+                               "benchmark's images where LLaVA's playground/data/eval layout puts them.")
+        plan[name] = (bm, every, questions)
+    return plan
+
+
+def _answer(loaded, processor, question: Question, cap: int | None) -> str:
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
+
+    images = [question.load_image()] if question.has_image else []
+    prompt = build_prompt(question.prompt, len(images), loaded.template)
+    pixels = processor(images) if images else None
+    n = question.max_new_tokens if cap is None else min(cap, question.max_new_tokens)
+    config = GenerationConfig(max_new_tokens=n, temperature=0.0)
+    return generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, loaded.template).text
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # stderr: stdout stays clean for --json
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | None = None, model_id: str | None = None,
+             dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True) -> dict:
+    """Answer, write and score `benches` with the model at `model_path`; see the module docstring.
+
+    `limit` answers the first N questions of each benchmark (scored as a partial result); `max_new_tokens`
+    caps every benchmark's budget (for smoke runs: the numbers are then not comparable with the papers').
+    """
+    from alignkd.data.image import ImageProcessor
+    from alignkd.runtime.generation import load_model
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    model_id = model_id or Path(model_path).resolve().name
+    plan = _prepare(benches, data_dir, limit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = {}
+    for name, (bm, every, questions) in plan.items():  # check existing answer files before paying for the load
+        todo[name] = _todo(questions, _read_done(out_dir / f"{name}.jsonl", every, model_id))
+    t0 = time.perf_counter()
+    loaded = load_model(model_path, dtype=dtype) if any(todo.values()) else None
+    load_s = time.perf_counter() - t0
+    processor = ImageProcessor(loaded.image_config) if loaded else None
+    results = {}
+    with _progress(progress) as bar:
+        for name, (bm, every, questions) in plan.items():
+            path, t1 = out_dir / f"{name}.jsonl", time.perf_counter()
+            task = bar.add_task(COLUMNS[name], total=len(questions), completed=len(questions) - len(todo[name]))
+            with open(path, "a", encoding="utf-8") as f:
+                for q in todo[name]:
+                    text = _answer(loaded, processor, q, max_new_tokens)
+                    f.write(json.dumps(answer_record(q, text, model_id)) + "\n")
+                    f.flush()  # one line per answer on disk: a kill loses at most the answer being generated
+                    bar.advance(task)
+            score = bm.score_file(data_dir, path, allow_missing=len(questions) < len(every))
+            results[name] = {"answers_file": str(path), "generated": len(todo[name]),
+                             "reused": len(questions) - len(todo[name]), "seconds": time.perf_counter() - t1,
+                             "headline": bm.headline, "value": float(score[bm.headline]),
+                             "partial": bool(score["partial"]), "score": score}
+    return {"model": str(model_path), "model_id": model_id, "kind": loaded.kind if loaded else None,
+            "data_dir": str(data_dir), "out_dir": str(out_dir), "limit": limit, "max_new_tokens": max_new_tokens,
+            "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
+
+
+def paper_row(results: dict) -> dict:
+    """{"table": {label: value}, "average": mean with MME-P/20 or None, "partial": any partial or capped}."""
+    table = {label: results[name]["value"] for name, label in COLUMNS.items() if name in results}
+    average = None
+    if len(table) == len(COLUMNS):
+        average = sum(v / MME_SCALE if label == "MME-P" else v for label, v in table.items()) / len(COLUMNS)
+    return {"table": table, "average": average, "partial": any(r["partial"] for r in results.values())}
+
+
+def _render(table) -> str:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
+    return buf.getvalue()
+
+
+def format_table(result: dict) -> str:
+    """The paper's row for one evaluation (rich table as plain text) plus a note when it is partial."""
+    from rich.table import Table
+
+    table = Table(title=f"{result['model_id']} ({result['kind'] or 'answers reused'})")
+    shown = [label for label in COLUMNS.values() if label in result["table"]]
+    for label in shown + ["Avg"]:
+        table.add_column(label, justify="right")
+    avg = result["average"]
+    table.add_row(*[f"{result['table'][label]:.1f}" for label in shown], "-" if avg is None else f"{avg:.1f}")
+    notes = []
+    if result["partial"]:
+        notes.append("partial: only the answered subset was scored (--limit); not comparable with paper numbers")
+    if result.get("max_new_tokens"):
+        notes.append(f"answers capped at {result['max_new_tokens']} new tokens; not comparable with paper numbers")
+    if avg is None:
+        notes.append("Avg needs all six benchmarks")
+    for name, r in result["benchmarks"].items():
+        notes.append(f"{name}: {r['headline']} over {r['score']['n_scored']}/{r['score']['n_questions']} "
+                     f"({r['generated']} generated, {r['reused']} reused) -> {r['answers_file']}")
+    return _render(table) + "\n".join(notes) + "\n"
+
+
+def _agreement(a_file: str, b_file: str) -> tuple[int, int]:
+    """(identical answers, answers compared) over the questions both files answer."""
+    by_key: dict[tuple, list[str]] = {}
+    for record in read_answers(a_file):
+        by_key.setdefault(_key(record), []).append(record["text"].strip())
+    same = n = 0
+    for record in read_answers(b_file):
+        queue = by_key.get(_key(record))
+        if queue:
+            n += 1
+            same += queue.pop(0) == record["text"].strip()
+    return same, n
+
+
+def compare(bundle, reference_checkpoint, benches: list[str], data_dir, out_dir, limit: int | None = None, *,
+            max_new_tokens: int | None = None, dtype: str = "float32", progress: bool = True) -> dict:
+    """Accuracy drift (bundle - reference, headline metric) and answer agreement per benchmark.
+
+    Answers go to `out_dir/bundle/` and `out_dir/reference/`; existing answer files there are reused (resumed).
+    """
+    out_dir = Path(out_dir)
+    kw = dict(limit=limit, max_new_tokens=max_new_tokens, progress=progress)
+    ref = evaluate(reference_checkpoint, benches, data_dir, out_dir / "reference", dtype=dtype, **kw)
+    exp = evaluate(bundle, benches, data_dir, out_dir / "bundle", **kw)
+    rows = {}
+    for name in ref["benchmarks"]:
+        r, b = ref["benchmarks"][name], exp["benchmarks"][name]
+        same, n = _agreement(r["answers_file"], b["answers_file"])
+        rows[name] = {"metric": r["headline"], "reference": r["value"], "bundle": b["value"],
+                      "drift": b["value"] - r["value"], "agreement": same / n if n else None, "n_compared": n}
+    return {"bundle": exp, "reference": ref, "benchmarks": rows, "partial": ref["partial"] or exp["partial"]}
+
+
+def format_compare(result: dict) -> str:
+    """One row per benchmark: reference, bundle, drift, answer agreement."""
+    from rich.table import Table
+
+    table = Table(title=f"{result['bundle']['model_id']} vs {result['reference']['model_id']}")
+    for col in ("benchmark", "metric", "reference", "bundle", "drift", "agreement"):
+        table.add_column(col, justify="left" if col in ("benchmark", "metric") else "right")
+    for name, r in result["benchmarks"].items():
+        agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.1f}% of {r['n_compared']}"
+        table.add_row(COLUMNS[name], r["metric"], f"{r['reference']:.2f}", f"{r['bundle']:.2f}", f"{r['drift']:+.2f}", agree)
+    note = "partial: only the answered subset was scored (--limit)\n" if result["partial"] else ""
+    return _render(table) + note
