@@ -1,9 +1,9 @@
 """Tests of the synthetic world (`alignkd.data.synth_world.synthesize`) on the tiny preset.
 
-Determinism, the six benchmark formats of /work/notes/layout.md, answers re-derived from the scene records
+Determinism, the six benchmark formats of docs/benchmark-layout.md, answers re-derived from the scene records
 by code independent of the generators, the LLaVA training JSON, and the tokenizer.
 
-    /work/venv/bin/python -m pytest tests/data/test_synth.py -q
+    python -m pytest tests/data/test_synth.py -q
 """
 
 from __future__ import annotations

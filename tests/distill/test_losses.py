@@ -1,6 +1,6 @@
 """Hand-computed checks of alignkd.distill.losses: values, masks, dtypes, gradients, orientation.
 
-Run: /work/venv/bin/python -m pytest tests/distill/test_losses.py
+Run: python -m pytest tests/distill/test_losses.py
 """
 
 import math
