@@ -182,6 +182,22 @@ def eval_score(
         typer.echo(f"{bm.title}: {bm.headline} = {result[bm.headline]:.2f}")
 
 
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
+) -> None:
+    """The whole pipeline on the embedded synthetic world: world -> teacher -> Align-KD and CE students -> export -> eval -> profile."""
+    try:
+        from alignkd.quickstart import QuickstartConfig, format_summary, quickstart as run_quickstart
+
+        summary = run_quickstart(out, QuickstartConfig(seed=seed))
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(summary) if as_json else format_summary(summary))
+
+
 BENCH_OPT = typer.Option("gqa,sqa,textvqa,mme,mmbench,pope", "--bench", help="Comma-separated benchmarks.")
 
 

@@ -88,7 +88,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
         check_pair(teacher, t_tok, student, tokenizer)
         teacher.requires_grad_(False).to(accelerator.device, getattr(torch, cfg.teacher_dtype))
     if cfg.gradient_checkpointing:
-        student.llm.gradient_checkpointing_enable()
+        student.llm.activation_checkpointing_enable()
     module = AlignKDModule(student, cfg.loss, teacher.config.num_heads if teacher else None,
                            teacher.config.hidden_size if teacher else None)
     if cfg.adapters_from:

@@ -77,3 +77,31 @@ def test_non_finite_loss_stops_naming_step_and_terms(world, teacher_ckpt, tmp_pa
 def test_resume_without_checkpoint(world, teacher_ckpt, tmp_path):
     with pytest.raises(AlignKDError, match="no checkpoint"):
         run(from_dict(TrainConfig, synth_config(world, teacher_ckpt, tmp_path / "none")), resume=True, progress=False)
+
+
+def test_bf16_gradient_checkpointing_and_tensorboard(world, teacher_ckpt, tmp_path):
+    cfg = synth_config(world, teacher_ckpt, tmp_path / "bf16", max_steps=1, mixed_precision="bf16",
+                       gradient_checkpointing=True, tensorboard=True)
+    out = run(from_dict(TrainConfig, cfg), progress=False)
+    final = json.loads((out / "train_summary.json").read_text())["final"]
+    assert all(final[k] > 0 for k in ("ce", "kd", "attn", "vision_all"))
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_pair_checks_name_both_values(world, teacher_ckpt):
+    import copy
+
+    from alignkd.distill.checkpoint import check_pair, load_spec
+    from alignkd.distill.config import ModelSpec
+
+    teacher, t_tok = load_spec(ModelSpec(path=str(teacher_ckpt)), train=False)
+    student, s_tok = load_spec(ModelSpec(preset="synth_student", tokenizer=str(world / "tokenizer")))
+    check_pair(teacher, t_tok, student, s_tok)  # the shipped pair fits
+    other = copy.deepcopy(student)
+    other.config.image.size = 112
+    with pytest.raises(AlignKDError, match=r"image preprocessing \(size\): teacher \{'size': 96\}, student \{'size': 112\}"):
+        check_pair(teacher, t_tok, other, s_tok)
+    other = copy.deepcopy(student)
+    other.config.llm.vocab_size += 1
+    with pytest.raises(AlignKDError, match="vocabulary size: teacher 512, student 513"):
+        check_pair(teacher, t_tok, other, s_tok)

@@ -1,0 +1,240 @@
+"""`alignkd quickstart`: the whole pipeline on the embedded synthetic world, in minutes on 2 CPU cores.
+
+world -> toy teacher (CE) -> student with Align-KD, and the CE-only student (same steps, same seed)
+-> export the Align-KD student (ExecuTorch, ONNX, Core ML) -> evaluate the untrained student, the teacher,
+both students and the runnable bundles on the synthetic suite -> profile -> `OUT/summary.json` and a table.
+Every step writes into its own folder and is skipped when its output is already there, so a re-run after a
+failure continues where it stopped.
+
+    alignkd quickstart --out runs/quickstart
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkd.errors import AlignKDError
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes chosen so the whole run fits in ~15 minutes on 2 cores (see docs/quickstart.md for timings)."""
+
+    seed: int = 0
+    train_images: int = 1500
+    eval_questions: int = 120  # per benchmark (MME: per category 20 images; POPE: 20 images -> 120 per subset)
+    teacher_epochs: int = 3
+    student_epochs: int = 2
+    batch_size: int = 8
+    teacher_lr: float = 1e-3
+    student_lr: float = 1e-3
+    exports: tuple[tuple[str, str], ...] = (("executorch", "8da4w"), ("onnx", "fp32"), ("coreml", "fp16"))
+    profile_runs: int = 3
+    benches: tuple[str, ...] = ("gqa", "sqa", "textvqa", "mme", "mmbench", "pope")
+    eval_max_new_tokens: int | None = 32  # trained toy models answer in a few tokens; caps runaway answers
+    extra: dict = field(default_factory=dict)
+
+
+def _world_config(cfg: QuickstartConfig):
+    from alignkd.data.synth_world import SynthConfig
+
+    n = cfg.eval_questions
+    return SynthConfig(seed=cfg.seed, train_images=cfg.train_images, gqa_questions=n, sqa_questions=n, textvqa_questions=n,
+                       mme_images_per_category=max(1, n // 6), mmbench_questions=max(1, n // 2), pope_images=max(1, n // 6))
+
+
+def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path | None, epochs: int,
+                  lr: float, cfg: QuickstartConfig, freeze_vision: bool = True):
+    from alignkd.config import from_dict
+    from alignkd.distill.config import TrainConfig
+
+    student = {"preset": preset, "tokenizer": str(world / "tokenizer")}
+    if vision_from is not None:
+        student["vision_tower_from"] = str(vision_from)
+    data = {
+        "student": student,
+        "teacher": {"path": str(teacher)} if teacher is not None else None,
+        "data": {"train": str(world / "train" / "finetune.json"), "image_root": str(world / "train" / "images")},
+        "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": epochs, "seed": cfg.seed,
+        "freeze_vision_tower": freeze_vision, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
+        "tensorboard": True,
+    }
+    return from_dict(TrainConfig, data)
+
+
+class _Steps:
+    """Runs named steps with progress lines; a failing step names itself, its folder and how to continue."""
+
+    def __init__(self, out: Path, console):
+        self.out, self.console, self.times = out, console, {}
+
+    def __call__(self, name: str, done: Path | None, fn):
+        t0 = time.perf_counter()
+        if done is not None and done.exists():
+            self.console.print(f"[bold]{name}[/]: already done ({done}), skipped")
+            return None
+        self.console.rule(f"[bold]{name}")
+        try:
+            result = fn()
+        except AlignKDError as err:
+            raise AlignKDError(f"quickstart step '{name}' failed: {err} (re-run `alignkd quickstart --out {self.out}` to continue from this step)") from err
+        except Exception as err:  # a bug or an environment problem: keep the traceback's gist, name the step
+            raise AlignKDError(f"quickstart step '{name}' failed with {type(err).__name__}: {err} (re-run `alignkd quickstart --out {self.out}` "
+                               "to continue from this step; run that step's own command to see the full traceback)") from err
+        self.times[name] = round(time.perf_counter() - t0, 1)
+        self.console.print(f"[green]{name}[/] done in {self.times[name]:.0f} s")
+        return result
+
+
+def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
+    """Run every stage on the synthetic world; returns (and writes to OUT/summary.json) the summary."""
+    from rich.console import Console
+
+    from alignkd.data.synth_world import synthesize
+    from alignkd.distill.recipe import run
+
+    cfg = cfg or QuickstartConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    step = _Steps(out, console)
+    t_start = time.perf_counter()
+    world, teacher, kd, ce = out / "world", out / "teacher", out / "student_alignkd", out / "student_ce"
+
+    step("synthetic world", world / "world.json", lambda: synthesize(world, _world_config(cfg), overwrite=True))
+    step("train the toy teacher", teacher / "student" / "config.json",
+         lambda: run(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=None, cfg=cfg,
+                                   epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, freeze_vision=False)))
+    step("distil the student with Align-KD", kd / "student" / "config.json",
+         lambda: run(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
+                                   vision_from=teacher / "student", epochs=cfg.student_epochs, lr=cfg.student_lr)))
+    step("train the CE-only student (same steps, same seed)", ce / "student" / "config.json",
+         lambda: run(_train_config(ce, world, preset="synth_student", teacher=None, cfg=cfg,
+                                   vision_from=teacher / "student", epochs=cfg.student_epochs, lr=cfg.student_lr)))
+    untrained = out / "student_untrained"
+    step("untrained student (the floor)", untrained / "config.json", lambda: _save_untrained(untrained, world, teacher, cfg))
+
+    bundles = {}
+    for target, quant in cfg.exports:
+        folder = out / "bundles" / f"{target}-{quant}"
+        bundles[f"{target}-{quant}"] = folder
+        step(f"export {target} {quant}", folder / "manifest.json", lambda t=target, q=quant, f=folder: _export(kd / "student", t, q, f))
+
+    models = {"untrained student": untrained, "teacher": teacher / "student", "student CE-only": ce / "student",
+              "student Align-KD": kd / "student"}
+    models.update({f"Align-KD {name}": path for name, path in bundles.items() if _runnable(path)})
+    evals = {}
+    for name, path in models.items():
+        answers = out / "eval" / name.replace(" ", "_")
+        evals[name] = step(f"evaluate {name}", None, lambda p=path, a=answers: _evaluate(p, world, a, cfg))
+    profiles = {}
+    for name, path in {"student Align-KD (PyTorch)": kd / "student", **{f"Align-KD {n}": p for n, p in bundles.items() if _runnable(p)}}.items():
+        plot = out / "plots" / f"latency-{name.replace(' ', '_').replace('(', '').replace(')', '')}.png"
+        profiles[name] = step(f"profile {name}", None, lambda p=path, pl=plot: _profile(p, pl, cfg))
+
+    summary = _summary(out, cfg, evals, profiles, bundles, step.times, time.perf_counter() - t_start)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _save_untrained(folder: Path, world: Path, teacher: Path, cfg: QuickstartConfig) -> None:
+    import torch
+
+    from alignkd.distill.checkpoint import load_spec
+    from alignkd.distill.config import ModelSpec
+    from alignkd.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    model, tok = load_spec(ModelSpec(preset="synth_student", tokenizer=str(world / "tokenizer"), vision_tower_from=str(teacher / "student")))
+    save_checkpoint(model, tok, folder)
+
+
+def _export(checkpoint: Path, target: str, quant: str, folder: Path) -> None:
+    from alignkd.export.api import export_bundle
+
+    export_bundle(checkpoint, target, quant, folder, overwrite=True, max_seq_len=512)
+
+
+def _runnable(bundle: Path) -> bool:
+    """Core ML bundles are converted here but run only on macOS."""
+    import platform
+
+    if not (bundle / "manifest.json").is_file():
+        return False
+    target = json.loads((bundle / "manifest.json").read_text()).get("target")
+    return target != "coreml" or platform.system() == "Darwin"
+
+
+def _evaluate(model: Path, world: Path, answers: Path, cfg: QuickstartConfig) -> dict:
+    from alignkd.eval.run import evaluate
+
+    result = evaluate(model, list(cfg.benches), world / "eval", answers, max_new_tokens=cfg.eval_max_new_tokens)
+    return {"table": result["table"], "average": result["average"], "answers": str(answers)}
+
+
+def _profile(model: Path, plot: Path, cfg: QuickstartConfig) -> dict:
+    from alignkd.runtime.profile import profile
+
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    r = profile(model, runs=cfg.profile_runs, warmup=1, max_new_tokens=32, plot=plot)
+    keys = ("load_s", "vision_encode_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "size_mb")
+    return {k: r.get(k) for k in keys} | {"plot": str(plot)}
+
+
+def _summary(out: Path, cfg: QuickstartConfig, evals: dict, profiles: dict, bundles: dict, times: dict, total: float) -> dict:
+    from alignkd.eval.run import COLUMNS
+
+    kd, ce = evals.get("student Align-KD"), evals.get("student CE-only")
+    verdict = None
+    if kd and ce and kd["average"] is not None and ce["average"] is not None:
+        delta = kd["average"] - ce["average"]
+        verdict = (f"Align-KD {'beats' if delta > 0 else 'does not beat'} the CE-only student on this world: "
+                   f"average {kd['average']:.1f} vs {ce['average']:.1f} ({delta:+.1f})")
+    return {
+        "columns": [COLUMNS[b] for b in cfg.benches] + ["Avg"],
+        "accuracy": evals,
+        "verdict": verdict,
+        "profile": profiles,
+        "bundles": {name: str(path) for name, path in bundles.items()},
+        "step_seconds": times,
+        "total_seconds": round(total, 1),
+        "out": str(out),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The one table the quickstart prints: accuracy per model, then latency per runnable artefact."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    acc = Table(title="Accuracy on the synthetic suite (paper protocol; Avg uses MME-P/20)")
+    acc.add_column("model")
+    for col in summary["columns"]:
+        acc.add_column(col, justify="right")
+    for name, ev in summary["accuracy"].items():
+        if ev is None:
+            continue
+        row = [ev["table"].get(col) for col in summary["columns"][:-1]]
+        acc.add_row(name, *[f"{v:.1f}" if v is not None else "-" for v in row],
+                    f"{ev['average']:.1f}" if ev["average"] is not None else "-")
+    perf = Table(title="Latency on this machine (median)")
+    for col in ("artefact", "size MB", "load s", "vision ms", "TTFT s", "prefill tok/s", "decode tok/s", "peak RSS MB"):
+        perf.add_column(col, justify="right" if col != "artefact" else "left")
+    for name, p in summary["profile"].items():
+        if p is None:
+            continue
+        perf.add_row(name, f"{p['size_mb']:.1f}", f"{p['load_s']:.2f}", f"{1000 * p['vision_encode_s']:.0f}", f"{p['ttft_s']:.3f}",
+                     f"{p['prefill_tok_s']:.0f}", f"{p['decode_tok_s']:.0f}", f"{p['peak_rss_mb']:.0f}")
+    buf = StringIO()
+    console = Console(file=buf, width=140)
+    console.print(acc)
+    console.print(perf)
+    if summary.get("verdict"):
+        console.print(summary["verdict"])
+    console.print(f"total {summary['total_seconds']:.0f} s; summary.json, plots/ and every model in {summary['out']}")
+    return buf.getvalue()
