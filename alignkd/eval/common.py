@@ -156,6 +156,23 @@ def read_jsonl(path: Path | str, required: Sequence[str] = ()) -> list[dict]:
 ANSWER_KEYS = ("question_id", "prompt", "text")
 
 
+def llava_questions(path: Path, image_path, required: Sequence[str] = ("question_id", "image", "text"),
+                    category=lambda line: None) -> list[Question]:
+    """Questions of a LLaVA model_vqa_loader file (GQA, TextVQA, MME, POPE): prompt = the line's `text`,
+    128 new tokens; `image_path(name)` resolves the line's `image`; `category(line)` when it has none."""
+    return [
+        Question(
+            question_id=line["question_id"],
+            prompt=line["text"],
+            record_prompt=line["text"],
+            max_new_tokens=LOADER_MAX_NEW_TOKENS,
+            image_path=image_path(line["image"]),
+            category=line.get("category", category(line)),
+        )
+        for line in read_jsonl(path, required=required)
+    ]
+
+
 def read_answers(path: Path | str) -> list[dict]:
     """Read a LLaVA answer file: JSONL {"question_id","prompt","text","answer_id","model_id","metadata"}."""
     return read_jsonl(path, required=ANSWER_KEYS)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import (
-    LOADER_MAX_NEW_TOKENS,
     Benchmark,
     Question,
+    llava_questions,
     coverage,
     load_json,
     pair_predictions,
     ratio,
-    read_jsonl,
     require_file,
 )
 
@@ -37,17 +36,7 @@ def load_questions(data_dir: Path | str) -> list[Question]:
     """Read `gqa/llava_gqa_testdev_balanced.jsonl` into questions (prompt = the file's `text`)."""
     data_dir = Path(data_dir)
     path = require_file(data_dir / QUESTION_FILE, "GQA", _LLAVA_ZIP)
-    return [
-        Question(
-            question_id=line["question_id"],
-            prompt=line["text"],
-            record_prompt=line["text"],
-            max_new_tokens=LOADER_MAX_NEW_TOKENS,
-            image_path=data_dir / IMAGE_DIR / line["image"],
-            category=line.get("category"),
-        )
-        for line in read_jsonl(path, required=("question_id", "image", "text"))
-    ]
+    return llava_questions(path, lambda name: data_dir / IMAGE_DIR / name)
 
 
 def postprocess(text: str) -> str:

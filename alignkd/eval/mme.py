@@ -26,14 +26,13 @@ from pathlib import Path
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import (
-    LOADER_MAX_NEW_TOKENS,
     SHORT_ANSWER_SUFFIX,
     Benchmark,
     Question,
+    llava_questions,
     coverage,
     pair_predictions,
     ratio,
-    read_jsonl,
     require_dir,
     require_file,
 )
@@ -68,17 +67,8 @@ def load_questions(data_dir: Path | str) -> list[Question]:
     data_dir = Path(data_dir)
     path = require_file(data_dir / QUESTION_FILE, "MME", _LLAVA_ZIP)
     release = data_dir / RELEASE_DIR
-    return [
-        Question(
-            question_id=line["question_id"],
-            prompt=line["text"],
-            record_prompt=line["text"],
-            max_new_tokens=LOADER_MAX_NEW_TOKENS,
-            image_path=_image_path(release, line["image"]),
-            category=line.get("category", line["question_id"].split("/")[0]),
-        )
-        for line in read_jsonl(path, required=("question_id", "image", "text"))
-    ]
+    return llava_questions(path, lambda name: _image_path(release, name),
+                           category=lambda line: line["question_id"].split("/")[0])
 
 
 def load_ground_truth(release: Path) -> dict[tuple[str, str, str], str]:

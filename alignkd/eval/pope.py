@@ -20,9 +20,9 @@ from pathlib import Path
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import (
-    LOADER_MAX_NEW_TOKENS,
     Benchmark,
     Question,
+    llava_questions,
     coverage,
     pair_predictions,
     ratio,
@@ -42,20 +42,10 @@ def load_questions(data_dir: Path | str) -> list[Question]:
     """Read `pope/llava_pope_test.jsonl`; `category` is the subset."""
     data_dir = Path(data_dir)
     path = require_file(data_dir / QUESTION_FILE, "POPE", _LLAVA_ZIP)
-    questions = []
-    for line in read_jsonl(path, required=("question_id", "image", "text", "category")):
-        if line["category"] not in SUBSETS:
-            raise AlignKDError(f"{path}: question {line['question_id']!r} has category {line['category']!r}, expected one of {', '.join(SUBSETS)}; fix the file.")
-        questions.append(
-            Question(
-                question_id=line["question_id"],
-                prompt=line["text"],
-                record_prompt=line["text"],
-                max_new_tokens=LOADER_MAX_NEW_TOKENS,
-                image_path=data_dir / IMAGE_DIR / line["image"],
-                category=line["category"],
-            )
-        )
+    questions = llava_questions(path, lambda name: data_dir / IMAGE_DIR / name, ("question_id", "image", "text", "category"))
+    for q in questions:
+        if q.category not in SUBSETS:
+            raise AlignKDError(f"{path}: question {q.question_id!r} has category {q.category!r}, expected one of {', '.join(SUBSETS)}; fix the file.")
     return questions
 
 

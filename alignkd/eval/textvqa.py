@@ -24,13 +24,12 @@ from pathlib import Path
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import (
-    LOADER_MAX_NEW_TOKENS,
     Benchmark,
     Question,
+    llava_questions,
     coverage,
     load_json,
     pair_predictions,
-    read_jsonl,
     require_file,
 )
 
@@ -143,17 +142,7 @@ def load_questions(data_dir: Path | str) -> list[Question]:
     """Read `textvqa/llava_textvqa_val_v051_ocr.jsonl` (question_id = TextVQA image id)."""
     data_dir = Path(data_dir)
     path = require_file(data_dir / QUESTION_FILE, "TextVQA", _LLAVA_ZIP)
-    return [
-        Question(
-            question_id=line["question_id"],
-            prompt=line["text"],
-            record_prompt=line["text"],
-            max_new_tokens=LOADER_MAX_NEW_TOKENS,
-            image_path=data_dir / IMAGE_DIR / line["image"],
-            category=line.get("category"),
-        )
-        for line in read_jsonl(path, required=("question_id", "image", "text"))
-    ]
+    return llava_questions(path, lambda name: data_dir / IMAGE_DIR / name)
 
 
 def score(data_dir: Path | str, predictions: list[dict], *, allow_missing: bool = False, source: str = "predictions") -> dict:
