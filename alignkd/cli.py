@@ -84,13 +84,15 @@ def generate(
         print(result.text)
 
 
-def _train(config: Path, overrides: list[str] | None, resume: bool, resume_from: Path | None, need_teacher: bool) -> None:
+def _train(config: Path, overrides: list[str] | None, resume: bool, resume_from: Path | None, need_teacher: bool,
+           strict: bool = False) -> None:
+    overrides = list(overrides or []) + (["data.strict=true"] if strict else [])
     try:
         from alignkd.config import load_config
         from alignkd.distill.config import TrainConfig
         from alignkd.distill.recipe import run
 
-        cfg = load_config(TrainConfig, config, overrides or [])
+        cfg = load_config(TrainConfig, config, overrides)
         if need_teacher and not cfg.distill:
             raise AlignKDError(f"{config} names no teacher; `alignkd distill` needs `teacher:` (use `alignkd train` for CE-only training)")
         if not need_teacher and cfg.distill:
@@ -105,20 +107,21 @@ CONFIG_OPT = typer.Option(..., "-c", "--config", help="YAML config (shipped pres
 OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. optim.lr=1e-4 max_steps=100 loss.weights.attn=0.")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir.")
 RESUME_FROM_OPT = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder.")
+STRICT_OPT = typer.Option(False, "--strict", help="Stop at the first bad training record (naming it) instead of skipping and counting.")
 
 
 @app.command()
 def distill(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG, resume: bool = RESUME_OPT,
-            resume_from: Optional[Path] = RESUME_FROM_OPT) -> None:
+          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT) -> None:
     """Align-KD: distil the config's teacher into its student (writes OUT/student in the official format)."""
-    _train(config, overrides, resume, resume_from, need_teacher=True)
+    _train(config, overrides, resume, resume_from, need_teacher=True, strict=strict)
 
 
 @app.command()
 def train(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG, resume: bool = RESUME_OPT,
-          resume_from: Optional[Path] = RESUME_FROM_OPT) -> None:
+          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT) -> None:
     """Supervised fine-tuning with the same recipe and no teacher (the CE-only baseline; trains the toy teacher)."""
-    _train(config, overrides, resume, resume_from, need_teacher=False)
+    _train(config, overrides, resume, resume_from, need_teacher=False, strict=strict)
 
 
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)
