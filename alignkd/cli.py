@@ -186,6 +186,36 @@ def eval_score(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="MobileVLM checkpoint folder (official format; ours or a published one)."),
+    target: str = typer.Option(..., "--target", help="executorch, onnx or coreml."),
+    quant: str = typer.Option("fp32", "--quant", help="executorch: fp32, 8da8w, 8da4w; onnx: fp32, int8, int4; coreml: fp16, int8, int4, palettize4."),
+    out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to create (manifest.json + parts)."),
+    group_size: int = typer.Option(32, "--group-size", help="Group/block size of 4-bit weights (multiple of 32 for XNNPACK)."),
+    embedding_bits: int = typer.Option(8, "--embedding-bits", help="ExecuTorch token embedding: 8 or 4 bits (quantized schemes)."),
+    vision_quant: str = typer.Option("fp32", "--vision-quant", help="ExecuTorch vision encoder: fp32 or int8 (PT2E, calibrated)."),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", help="KV-cache length of the decoder (prompt + image tokens + answer)."),
+    calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Images for int8 vision calibration (default: synthetic)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+    allow_drift: bool = typer.Option(False, "--allow-drift", help="Write a quantized bundle even below the parity thresholds."),
+) -> None:
+    """Export a checkpoint to a self-describing bundle (vision_encoder / token_embedding / text_decoder), with parity measured and recorded."""
+    try:
+        from alignkd.export.api import export_bundle
+
+        path = export_bundle(checkpoint, target, quant, out, group_size=group_size, embedding_bits=embedding_bits,
+                             vision_quant=vision_quant, max_seq_len=max_seq_len, overwrite=overwrite,
+                             allow_drift=allow_drift, calibration_images=calibration_images)
+        parity = json.loads((path / "manifest.json").read_text())["parity"]
+    except AlignKDError as err:
+        _fail(err)
+    e2e = parity["end_to_end"]
+    parts = ", ".join(f"{name} cos {p['cosine']:.5f} max|d| {p['max_abs']:.2g}" for name, p in parity["parts"].items())
+    typer.echo(f"wrote {path}\n  parts: {parts}\n  end to end: exact eager tokens {e2e['exact_match']}, token agreement "
+               f"{e2e['token_agreement']:.3f}, logit cosine {e2e['logit_cosine']:.5f} (thresholds {parity['thresholds']})")
+
+
+@app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
     seed: int = typer.Option(0, "--seed"),

@@ -25,9 +25,9 @@ class QuickstartConfig:
 
     seed: int = 0
     train_images: int = 1500
-    eval_questions: int = 120  # per benchmark (MME: per category 20 images; POPE: 20 images -> 120 per subset)
-    teacher_epochs: int = 3
-    student_epochs: int = 2
+    eval_questions: int = 100  # GQA/SQA/TextVQA; MME 10 images x 2 per category; MMBench 40 (+ circular copies); POPE 60 per subset
+    teacher_steps: int = 300  # batch 8: ~1.5 epochs of the 1600 fine-tuning records
+    student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
     teacher_lr: float = 1e-3
     student_lr: float = 1e-3
@@ -43,10 +43,10 @@ def _world_config(cfg: QuickstartConfig):
 
     n = cfg.eval_questions
     return SynthConfig(seed=cfg.seed, train_images=cfg.train_images, gqa_questions=n, sqa_questions=n, textvqa_questions=n,
-                       mme_images_per_category=max(1, n // 6), mmbench_questions=max(1, n // 2), pope_images=max(1, n // 6))
+                       mme_images_per_category=max(1, n // 10), mmbench_questions=max(1, (2 * n) // 5), pope_images=max(1, n // 10))
 
 
-def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path | None, epochs: int,
+def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path | None, steps: int,
                   lr: float, cfg: QuickstartConfig, freeze_vision: bool = True):
     from alignkd.config import from_dict
     from alignkd.distill.config import TrainConfig
@@ -58,7 +58,7 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
         "student": student,
         "teacher": {"path": str(teacher)} if teacher is not None else None,
         "data": {"train": str(world / "train" / "finetune.json"), "image_root": str(world / "train" / "images")},
-        "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": epochs, "seed": cfg.seed,
+        "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": 100, "max_steps": steps, "seed": cfg.seed,
         "freeze_vision_tower": freeze_vision, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
         "tensorboard": True,
     }
@@ -107,13 +107,13 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
     step("synthetic world", world / "world.json", lambda: synthesize(world, _world_config(cfg), overwrite=True))
     step("train the toy teacher", teacher / "student" / "config.json",
          lambda: run(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=None, cfg=cfg,
-                                   epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, freeze_vision=False)))
+                                   steps=cfg.teacher_steps, lr=cfg.teacher_lr, freeze_vision=False)))
     step("distil the student with Align-KD", kd / "student" / "config.json",
          lambda: run(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
-                                   vision_from=teacher / "student", epochs=cfg.student_epochs, lr=cfg.student_lr)))
+                                   vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
     step("train the CE-only student (same steps, same seed)", ce / "student" / "config.json",
          lambda: run(_train_config(ce, world, preset="synth_student", teacher=None, cfg=cfg,
-                                   vision_from=teacher / "student", epochs=cfg.student_epochs, lr=cfg.student_lr)))
+                                   vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
     untrained = out / "student_untrained"
     step("untrained student (the floor)", untrained / "config.json", lambda: _save_untrained(untrained, world, teacher, cfg))
 

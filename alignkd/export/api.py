@@ -1,0 +1,200 @@
+"""`export_bundle`: a MobileVLM checkpoint -> a self-describing bundle folder (manifest.json + parts), with parity.
+
+Steps: validate every option (before loading anything), load the checkpoint, write the target's parts and the
+tokenizer files into a hidden staging folder next to `out`, load the staged bundle through the same runtime
+backend `alignkd generate` uses, measure parity against the eager model, write the manifest, then rename the
+staging folder to `out`. A failed export leaves no `out` behind. The checkpoint is only read.
+
+    alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target executorch --quant fp32 -o out/tiny_et
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from alignkd.errors import AlignKDError
+
+DEFAULT_MAX_SEQ_LEN = 1024
+SLACK_BYTES = 64 << 20
+# Bytes written per parameter, worst case over the target's intermediates (fp32 graphs before quantization).
+BYTES_PER_PARAM = {"executorch": 4.2, "onnx": 8.5, "coreml": 6.5}
+
+
+def estimate_bytes(n_params: int, target: str) -> int:
+    return int(n_params * BYTES_PER_PARAM[target]) + SLACK_BYTES
+
+
+def _check_output(out: Path, overwrite: bool, n_params: int, target: str) -> None:
+    if out.exists() and not overwrite:
+        raise AlignKDError(f"output folder {out} already exists; pass --overwrite to replace it or choose another -o")
+    if out.exists() and not out.is_dir():
+        raise AlignKDError(f"output path {out} is a file; pass a folder path for the bundle")
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    need, free = estimate_bytes(n_params, target), shutil.disk_usage(probe).free
+    if free < need:
+        raise AlignKDError(f"not enough disk space under {probe} for the bundle: about {need / 1e9:.2f} GB needed, "
+                           f"{free / 1e9:.2f} GB free; free some space or choose another -o")
+
+
+def _write_tokenizer(tokenizer, folder: Path) -> dict:
+    """Our SentencePiece files (what alignkd's runtime reads) plus an HF tokenizer.json for ExecuTorch's runners."""
+    from transformers import LlamaTokenizer
+
+    tokenizer.save(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        # transformers converts tokenizer.model to a fast (tokenizers) BPE model; only its tokenizer.json is kept.
+        LlamaTokenizer.from_pretrained(str(folder)).save_pretrained(tmp)
+        fast = json.loads((Path(tmp) / "tokenizer.json").read_text())
+    # Rewrite to the legacy LLaMA layout (normalizer Prepend + Replace, no pre-tokenizer): ExecuTorch's C++ HF
+    # tokenizer has no Metaspace pre-tokenizer, and the legacy layout also reproduces the slow tokenizer's
+    # handling of leading spaces, i.e. the ids of alignkd.data.tokenizer (checked in tests/export).
+    fast["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    fast["pre_tokenizer"] = None
+    fast["post_processor"] = None  # BOS is the caller's: alignkd's prompt ids carry it, the runner has num_bos
+    (folder / "tokenizer.json").write_text(json.dumps(fast, ensure_ascii=False))
+    return {"sentencepiece": "tokenizer.model", "hf_json": "tokenizer.json", "config": "tokenizer_config.json",
+            "special_tokens_map": "special_tokens_map.json"}
+
+
+def _versions(target: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"executorch": ("torch", "executorch", "torchao"), "onnx": ("torch", "onnx", "onnxscript", "onnxruntime"),
+             "coreml": ("torch", "coremltools")}[target] + ("transformers",)
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _calibration(paths, image_config) -> list:
+    from alignkd.data.image import ImageProcessor, load_image
+    from alignkd.export.quantize import synthetic_calibration
+
+    if not paths:
+        return synthetic_calibration(image_config.size)
+    processor = ImageProcessor(image_config)
+    return [processor([load_image(p)]) for p in paths]
+
+
+def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embedding_bits, vision_quant, max_seq_len, calibration):
+    if target == "executorch":
+        from alignkd.export.executorch import export_executorch
+
+        return export_executorch(model, tokenizer, staging, quant, group_size=group_size, embedding_bits=embedding_bits,
+                                 vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration)
+    if target == "onnx":
+        from alignkd.export.onnx import export_onnx
+
+        return export_onnx(model, staging, quant, block_size=group_size, max_seq_len=max_seq_len)
+    from alignkd.export.coreml import export_coreml
+
+    return export_coreml(model, staging, quant, block_size=group_size, max_seq_len=max_seq_len)
+
+
+def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
+                  vision_quant: str = "fp32", max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
+                  allow_drift: bool = False, calibration_images=None) -> Path:
+    """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant`; returns `out`."""
+    import resource
+
+    from alignkd.export import manifest as mf
+    from alignkd.export import parity
+    from alignkd.export.quantize import check_backend, check_options
+
+    t0 = time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
+    from alignkd.models.checkpoint import load_checkpoint, load_config
+    from alignkd.models.mobilevlm import num_parameters
+
+    config = load_config(checkpoint)  # refuses a folder that is not a MobileVLM V2 checkpoint
+    llm = config.llm
+    check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant,
+                  linear_in_features=(llm.hidden_size, llm.intermediate_size))
+    min_len = config.num_image_tokens + 64
+    if not min_len <= max_seq_len <= llm.max_position_embeddings:
+        raise AlignKDError(f"max sequence length {max_seq_len} must lie between {min_len} (image tokens plus a short prompt) "
+                           f"and the model's {llm.max_position_embeddings} positions; pass another --max-seq-len")
+    _check_output(out, overwrite, num_parameters(config), target)
+    check_backend(target)
+
+    model, tokenizer = load_checkpoint(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tokenizer_files = _write_tokenizer(tokenizer, staging)
+        calibration = _calibration(calibration_images, config.image) if vision_quant == "int8" or target == "executorch" else []
+        t_parts = time.perf_counter()
+        parts = _export_parts(model, tokenizer, target, quant, staging, group_size=group_size, embedding_bits=embedding_bits,
+                              vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration)
+        export_s = time.perf_counter() - t_parts
+        scheme = {"scheme": quant, "group_size": group_size, "vision": vision_quant if target != "coreml" else "fp16",
+                  "embedding_bits": (embedding_bits if quant == "8da4w" else 8 if quant == "8da8w" else None)}
+        manifest = mf.build_manifest(
+            config=config, tokenizer=tokenizer, target=target, quant=scheme, max_seq_len=max_seq_len, parts=parts,
+            template="v1", tokenizer_files=tokenizer_files,
+            source={"checkpoint": str(checkpoint), "sha256": mf.checkpoint_hash(checkpoint)},
+            export_info={"parts_seconds": round(export_s, 2), "versions": _versions(target)},
+        )
+        manifest["files"] = mf.file_table(staging)
+        manifest["parity"] = _measure(model, tokenizer, config, staging, manifest, quant, allow_drift)
+        manifest["export"]["seconds"] = round(time.perf_counter() - t0, 2)
+        manifest["export"]["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        mf.write_manifest(staging, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str, allow_drift: bool) -> dict:
+    """Load the staged bundle through the runtime backend and compare it with the eager model."""
+    from alignkd.data.image import ImageProcessor
+    from alignkd.data.templates import tokenize_with_image
+    from alignkd.export import parity
+    from alignkd.runtime.bundle import make_backend
+    from alignkd.runtime.generation import EagerBackend, build_prompt
+
+    if manifest["target"] == "coreml":
+        from alignkd.export.coreml import module_parity
+
+        eager = EagerBackend(model)
+        image, question = parity.golden_pairs()[0]
+        pixels = ImageProcessor(config.image)([image])
+        from alignkd.export.parts import VisionEncoder
+
+        import torch
+
+        with torch.inference_mode():
+            vision = parity.metrics(eager.encode_image(pixels), VisionEncoder(model)(pixels))
+        return {"measured": False, "passed": True, "allow_drift": allow_drift, "thresholds": parity.thresholds(quant),
+                "reason": "Core ML prediction needs macOS 15+; the converted PyTorch modules were checked against eager instead",
+                "parts": {"vision_encoder_module": vision, **module_parity(model, manifest["max_seq_len"])}}
+    eager = EagerBackend(model)
+    bundle = make_backend(staging, manifest)
+    image, question = parity.golden_pairs()[0]
+    pixels = ImageProcessor(config.image)([image])
+    ids = tokenize_with_image(build_prompt(question, 1), tokenizer)
+    result = {"measured": True, "thresholds": parity.thresholds(quant), "allow_drift": allow_drift,
+              "parts": parity.part_parity(eager, bundle, pixels, ids),
+              "end_to_end": parity.end_to_end(eager, bundle, tokenizer, config.image)}
+    ok, misses = parity.judge(quant, result["end_to_end"])
+    result["passed"] = ok
+    if not ok and not allow_drift:
+        raise AlignKDError(f"the {manifest['target']} {quant} bundle drifts from the eager model ({'; '.join(misses)}); "
+                           "pass --allow-drift to keep it anyway, or pick a milder scheme")
+    return result

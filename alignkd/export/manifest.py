@@ -1,0 +1,142 @@
+"""The bundle's `manifest.json`: what it holds, file hashes, and validation against export/manifest.schema.json.
+
+The manifest is the contract the runtime (`alignkd.runtime.bundle`) and the demo apps read: the model's
+config, the parts with their file / method names, input and output names, shapes and dtypes, the
+quantization scheme, tokenizer files and special ids, the image preprocessing constants, the prompt template
+with the image placeholder, the number of image tokens, the sha256 of every file, the source checkpoint's
+hash and the parity measured at export.
+
+    python -m pytest tests/export/test_bundle.py -k manifest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from alignkd.errors import AlignKDError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SCHEMA_NAME = "manifest.schema.json"
+# The schema lives in the repository's top-level export/ folder (the contract shared with the apps).
+REPO_SCHEMA = Path(__file__).resolve().parents[2] / "export" / SCHEMA_NAME
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_table(folder: Path) -> dict:
+    """{relative path: {sha256, bytes}} of every file under `folder` except the manifest itself."""
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST:
+            table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return table
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """One sha256 over (relative path, file sha256) of every file of the checkpoint folder, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def load_schema() -> dict:
+    if not REPO_SCHEMA.is_file():
+        raise AlignKDError(f"the manifest schema {REPO_SCHEMA} is missing; run from a full alignkd checkout (it is the export/ contract)")
+    return json.loads(REPO_SCHEMA.read_text())
+
+
+def validate(manifest: dict, where: str = MANIFEST) -> None:
+    """Validate against the JSON Schema; the error names the first offending field."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(manifest, load_schema())
+    except jsonschema.ValidationError as err:
+        field = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise AlignKDError(f"{where} does not follow the bundle schema at {field}: {err.message}; re-export the bundle") from None
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Refuse a missing, truncated or modified file, naming it."""
+    for rel, entry in manifest["files"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise AlignKDError(f"bundle file {path} is missing; copy the whole bundle folder again or re-export it")
+        if path.stat().st_size != entry["bytes"]:
+            raise AlignKDError(f"bundle file {path} has {path.stat().st_size} bytes but the manifest says {entry['bytes']} (truncated or replaced); copy it again or re-export the bundle")
+        if sha256_file(path) != entry["sha256"]:
+            raise AlignKDError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt); copy it again or re-export the bundle")
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise AlignKDError(f"cannot read {path} ({err}); pass a bundle folder written by `alignkd export`") from err
+    validate(manifest, str(path))
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as any reader will see them
+    validate(manifest)
+    path = Path(folder) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def build_manifest(*, config, tokenizer, target: str, quant: dict, max_seq_len: int, parts: dict, template: str,
+                   tokenizer_files: dict, source: dict, export_info: dict) -> dict:
+    """Everything but `files` and `parity`, which are added once the files exist and parity is measured."""
+    from alignkd.data.templates import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, get_template, user_message
+    from alignkd.models.checkpoint import config_to_official
+
+    tpl = get_template(template)
+    prompt = tpl.prompt(user_message("{question}", 1))
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "family": "mobilevlm_v2",
+            "config": config_to_official(config),
+            "vision_config": config.vision.to_dict(),
+            "hidden_size": config.llm.hidden_size,
+            "num_layers": config.llm.num_hidden_layers,
+            "num_heads": config.llm.num_attention_heads,
+            "num_kv_heads": config.llm.num_key_value_heads,
+            "head_dim": config.llm.hidden_size // config.llm.num_attention_heads,
+            "vocab_size": config.llm.vocab_size,
+        },
+        "target": target,
+        "quant": quant,
+        "max_seq_len": max_seq_len,
+        "parts": parts,
+        "tokenizer": {"files": tokenizer_files, "vocab_size": tokenizer.vocab_size, "add_bos": tokenizer.add_bos,
+                      "kind": "sentencepiece-legacy-llama"},
+        "special_tokens": {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "unk": tokenizer.unk_id, "pad": tokenizer.pad_id},
+        "image": config.image.to_dict(),
+        "num_image_tokens": config.num_image_tokens,
+        "prompt": {
+            "template": template,
+            "text": prompt,
+            "image_placeholder": IMAGE_TOKEN,
+            "image_placeholder_offset": prompt.index(IMAGE_TOKEN),
+            "image_token_index": IMAGE_TOKEN_INDEX,
+            "stop_strings": [tpl.stop_str] if tpl.stop_str else [],
+            # how the ids are formed: each <image>-separated chunk tokenized alone, BOS once, image tokens spliced
+            "tokenization": "chunks split at the placeholder are tokenized separately (SentencePiece, dummy prefix); BOS only before the first",
+        },
+        "source": source,
+        "export": export_info,
+    }

@@ -1,0 +1,149 @@
+"""Parity of an exported bundle with the eager PyTorch model, measured at export and written into the manifest.
+
+Per part (vision encoder, token embedding, decoder prefill logits on the eager prompt embeddings): max-abs
+error, cosine and PSNR against eager fp32. End to end, on the golden image+prompt pairs, through the same
+generation loop `alignkd generate` uses: greedy tokens for up to `MAX_NEW_TOKENS` steps from both (fp32
+bundles must match exactly), and a teacher-forced pass (the bundle fed the eager tokens) giving per-step
+argmax agreement and logit cosine. Thresholds are the named constants below; export fails under them
+unless `--allow-drift`.
+
+    python -m pytest tests/export -k parity
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MAX_NEW_TOKENS = 32
+# Minimum teacher-forced argmax agreement and mean logit cosine per scheme. fp32 must also be token-exact.
+# 4-bit floors are low on purpose: on random weights (the tiny fixture) logits are nearly flat, so int4 flips
+# many argmaxes (8da4w g32: agreement 0.57, cosine 0.985); trained weights sit far above these floors.
+MIN_TOKEN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9, "8da8w": 0.8, "int8": 0.8, "8da4w": 0.4, "int4": 0.4, "palettize4": 0.4}
+MIN_LOGIT_COSINE = {"fp32": 0.99999, "fp16": 0.999, "8da8w": 0.99, "int8": 0.99, "8da4w": 0.95, "int4": 0.95, "palettize4": 0.95}
+GOLDEN_QUESTIONS = ("What shapes can you see in this picture?", "What colour is the largest object?",
+                    "Describe the image in one sentence.")
+
+
+def metrics(ref: torch.Tensor, got: torch.Tensor) -> dict:
+    """max_abs, cosine and PSNR (dB, peak = max |ref|) of `got` against `ref`."""
+    ref, got = ref.detach().double().flatten(), got.detach().double().flatten()
+    err = (ref - got)
+    mse = float((err ** 2).mean())
+    peak = float(ref.abs().max())
+    cos = min(1.0, float(torch.nn.functional.cosine_similarity(ref, got, dim=0)))  # rounding can exceed 1
+    psnr = None if mse == 0 else 20 * math.log10(peak / math.sqrt(mse)) if peak > 0 else None
+    return {"max_abs": float(err.abs().max()), "cosine": cos, "psnr_db": psnr}
+
+
+def golden_images():
+    """Three deterministic RGB images of different aspect ratios (no files needed), as PIL images."""
+    from PIL import Image, ImageDraw
+
+    specs = [((120, 80), (255, 255, 255)), ((64, 100), (200, 200, 200)), ((41, 30), (20, 30, 60))]
+    images = []
+    for i, (size, bg) in enumerate(specs):
+        img = Image.new("RGB", size, bg)
+        draw = ImageDraw.Draw(img)
+        w, h = size
+        draw.ellipse([w * 0.1, h * 0.2, w * 0.45, h * 0.7], fill=(220, 30, 30))
+        draw.rectangle([w * 0.55, h * 0.3, w * 0.9, h * 0.8], fill=(30, 60, 220))
+        draw.polygon([(w * 0.5, h * 0.05), (w * 0.35, h * 0.3), (w * 0.65, h * 0.3)], fill=(30, 180, 60 + 60 * i))
+        images.append(img)
+    return images
+
+
+def golden_pairs() -> list[tuple[object, str]]:
+    return list(zip(golden_images(), GOLDEN_QUESTIONS))
+
+
+@torch.inference_mode()
+def part_parity(eager, bundle, pixel_values: torch.Tensor, input_ids: list[int]) -> dict:
+    """Per-part metrics on one preprocessed image and one prompt (ids with the -200 placeholder)."""
+    from alignkd.runtime.generation import splice_prompt
+
+    text_ids = torch.tensor([[i for i in input_ids if i >= 0]])
+    embeds, _ = splice_prompt(eager, input_ids, pixel_values)
+    return {
+        "vision_encoder": metrics(eager.encode_image(pixel_values), bundle.encode_image(pixel_values)),
+        "token_embedding": metrics(eager.embed_tokens(text_ids), bundle.embed_tokens(text_ids)),
+        "text_decoder": metrics(eager.prefill(embeds), bundle.prefill(embeds)),
+    }
+
+
+@torch.inference_mode()
+def teacher_forced(bundle, input_ids: list[int], pixel_values, reference: list[int], ref_logits: list[torch.Tensor]) -> dict:
+    """The bundle fed the eager tokens: argmax agreement and logit cosine per step."""
+    from alignkd.runtime.generation import splice_prompt
+
+    embeds, _ = splice_prompt(bundle, input_ids, pixel_values)
+    logits = bundle.prefill(embeds)
+    agree, cosines, n = 0, [], embeds.shape[1]
+    for step, tok in enumerate(reference):
+        agree += int(torch.argmax(logits)) == tok
+        cos = float(torch.nn.functional.cosine_similarity(logits.double(), ref_logits[step].double(), dim=0))
+        cosines.append(min(cos, 1.0))
+        if step + 1 < len(reference):
+            logits = bundle.decode(bundle.embed_tokens(torch.tensor([[tok]])), n + step)
+    return {"agree": agree, "steps": len(reference), "cosines": cosines}
+
+
+@torch.inference_mode()
+def eager_reference(eager, input_ids: list[int], pixel_values, tokens: list[int]) -> list[torch.Tensor]:
+    """Eager logits at every step of `tokens` (the same teacher-forced walk, for cosine)."""
+    from alignkd.runtime.generation import splice_prompt
+
+    embeds, _ = splice_prompt(eager, input_ids, pixel_values)
+    out, n = [eager.prefill(embeds)], embeds.shape[1]
+    for step, tok in enumerate(tokens[:-1]):
+        out.append(eager.decode(eager.embed_tokens(torch.tensor([[tok]])), n + step))
+    return out
+
+
+def end_to_end(eager, bundle, tokenizer, image_config, template: str = "v1", pairs=None) -> dict:
+    """Greedy generation through the shared loop for eager and bundle on each golden pair, plus teacher forcing."""
+    from alignkd.data.image import ImageProcessor
+    from alignkd.data.templates import tokenize_with_image
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
+
+    processor = ImageProcessor(image_config)
+    cfg = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
+    rows, agree, steps, cosines = [], 0, 0, []
+    for image, question in pairs or golden_pairs():
+        prompt = build_prompt(question, 1, template)
+        pixels = processor([image])
+        ref = generate(eager, tokenizer, prompt, pixels, cfg, template)
+        got = generate(bundle, tokenizer, prompt, pixels, cfg, template)
+        ids = tokenize_with_image(prompt, tokenizer)
+        forced = teacher_forced(bundle, ids, pixels, ref.output_ids, eager_reference(eager, ids, pixels, ref.output_ids))
+        agree, steps = agree + forced["agree"], steps + forced["steps"]
+        cosines += forced["cosines"]
+        rows.append({"question": question, "eager_tokens": ref.output_ids, "bundle_tokens": got.output_ids,
+                     "exact": ref.output_ids == got.output_ids, "teacher_forced_agreement": forced["agree"] / max(forced["steps"], 1),
+                     "min_logit_cosine": min(forced["cosines"]) if forced["cosines"] else None})
+    return {
+        "pairs": rows,
+        "exact_match": all(r["exact"] for r in rows),
+        "token_agreement": agree / max(steps, 1),
+        "logit_cosine": sum(cosines) / max(len(cosines), 1),
+        "min_logit_cosine": min(cosines) if cosines else None,
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }
+
+
+def judge(scheme: str, e2e: dict) -> tuple[bool, list[str]]:
+    """Whether the figures meet the scheme's thresholds, with one reason per miss."""
+    misses = []
+    if scheme == "fp32" and not e2e["exact_match"]:
+        misses.append("fp32 greedy tokens differ from the eager model's")
+    if e2e["token_agreement"] < MIN_TOKEN_AGREEMENT[scheme]:
+        misses.append(f"token agreement {e2e['token_agreement']:.3f} < {MIN_TOKEN_AGREEMENT[scheme]}")
+    if e2e["logit_cosine"] < MIN_LOGIT_COSINE[scheme]:
+        misses.append(f"logit cosine {e2e['logit_cosine']:.5f} < {MIN_LOGIT_COSINE[scheme]}")
+    return not misses, misses
+
+
+def thresholds(scheme: str) -> dict:
+    return {"min_token_agreement": MIN_TOKEN_AGREEMENT[scheme], "min_logit_cosine": MIN_LOGIT_COSINE[scheme],
+            "exact_tokens": scheme == "fp32"}

@@ -1,0 +1,56 @@
+"""Load an exported bundle (a folder with manifest.json) as a `LoadedModel` for the generation loop.
+
+The manifest is validated against export/manifest.schema.json and every listed file's sha256 is checked
+before anything is loaded, so a tampered or truncated file is refused by name. The backend is picked by the
+manifest's target (ExecuTorch, ONNX, Core ML).
+
+    alignkd generate --model out/tiny_et --image photo.png --prompt "What is in the picture?" --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignkd.errors import AlignKDError
+
+
+def make_backend(folder: Path, manifest: dict, threads: int | None = None):
+    """The Backend for a bundle folder and its (already checked) manifest."""
+    target, model = manifest["target"], manifest["model"]
+    if target == "executorch":
+        from alignkd.runtime.executorch_backend import ExecuTorchBackend
+
+        pte = folder / manifest["parts"]["text_decoder"]["file"]
+        return ExecuTorchBackend(pte, manifest["max_seq_len"], model["vocab_size"])
+    if target == "onnx":
+        from alignkd.runtime.onnx_backend import OnnxBackend
+
+        return OnnxBackend(folder, manifest["parts"], manifest["max_seq_len"], model["num_layers"], model["num_kv_heads"],
+                           model["head_dim"], threads=threads)
+    if target == "coreml":
+        from alignkd.runtime.coreml_backend import CoreMLBackend
+
+        return CoreMLBackend(folder, manifest)
+    raise AlignKDError(f"bundle target {target!r} is unknown; valid targets: executorch, onnx, coreml")
+
+
+def load_bundle(path, threads: int | None = None):
+    """Verify and load a bundle folder; returns a LoadedModel (kind = the bundle's target)."""
+    from alignkd.data.image import ImageConfig
+    from alignkd.data.tokenizer import Tokenizer
+    from alignkd.export.manifest import read_manifest, verify_files
+    from alignkd.runtime.generation import LoadedModel
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    image = manifest["image"]
+    image_config = ImageConfig(size=image["size"], mean=tuple(image["mean"]), std=tuple(image["std"]),
+                               resample=image["resample"], rescale_factor=image["rescale_factor"],
+                               aspect_ratio=image["aspect_ratio"])
+    tokenizer = Tokenizer.from_folder(folder)
+    backend = make_backend(folder, manifest, threads)
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    return LoadedModel(backend, tokenizer, image_config, manifest["target"], str(folder), manifest["prompt"]["template"],
+                       size_bytes=size, info={"quant": manifest["quant"], "max_seq_len": manifest["max_seq_len"],
+                                              "parity": manifest["parity"].get("end_to_end", {}).get("exact_match")})

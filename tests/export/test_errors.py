@@ -1,0 +1,102 @@
+"""Every bad input ends in one AlignKDError naming the input and the fix, before any heavy work."""
+
+import builtins
+import json
+import shutil
+from collections import namedtuple
+
+import pytest
+
+from alignkd.errors import AlignKDError
+from alignkd.export import export_bundle
+
+
+def test_unknown_target(checkpoint, tmp_path):
+    with pytest.raises(AlignKDError, match="unknown export target 'tflite'; valid targets: executorch, onnx, coreml"):
+        export_bundle(checkpoint, "tflite", "fp32", tmp_path / "b")
+
+
+@pytest.mark.parametrize("target,quant", [("executorch", "int4"), ("onnx", "8da4w"), ("coreml", "fp32")])
+def test_unknown_scheme(checkpoint, tmp_path, target, quant):
+    with pytest.raises(AlignKDError, match=f"unknown quantization scheme '{quant}' for target {target}; valid schemes"):
+        export_bundle(checkpoint, target, quant, tmp_path / "b")
+
+
+def test_group_size_must_divide_hidden(checkpoint, tmp_path):
+    # hidden 64, FFN 128: 48 divides neither
+    with pytest.raises(AlignKDError, match="group size 48 does not divide the model's layer width"):
+        export_bundle(checkpoint, "onnx", "int4", tmp_path / "b", group_size=48)
+
+
+def test_xnnpack_group_size_multiple_of_32(checkpoint, tmp_path):
+    with pytest.raises(AlignKDError, match="need a multiple of 32"):
+        export_bundle(checkpoint, "executorch", "8da4w", tmp_path / "b", group_size=16)
+
+
+def test_bad_embedding_bits_and_vision_quant(checkpoint, tmp_path):
+    with pytest.raises(AlignKDError, match="embedding bits 2"):
+        export_bundle(checkpoint, "executorch", "8da4w", tmp_path / "b", embedding_bits=2)
+    with pytest.raises(AlignKDError, match="only supported for the executorch target"):
+        export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b", vision_quant="int8")
+
+
+def test_not_mobilevlm(checkpoint, tmp_path):
+    fake = tmp_path / "llama"
+    shutil.copytree(checkpoint, fake)
+    cfg = json.loads((fake / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "llama", ["LlamaForCausalLM"]
+    (fake / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AlignKDError, match="not a MobileVLM checkpoint"):
+        export_bundle(fake, "onnx", "fp32", tmp_path / "b")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(AlignKDError, match="does not exist"):
+        export_bundle(tmp_path / "nowhere", "onnx", "fp32", tmp_path / "b")
+
+
+def test_missing_backend_names_extra(checkpoint, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "coremltools" or name.startswith("coremltools."):
+            raise ImportError("No module named 'coremltools'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
+    with pytest.raises(AlignKDError, match=r"pip install 'alignkd\[coreml\]'"):
+        export_bundle(checkpoint, "coreml", "fp16", tmp_path / "b")
+
+
+def test_existing_output_refused(checkpoint, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    with pytest.raises(AlignKDError, match="already exists; pass --overwrite"):
+        export_bundle(checkpoint, "onnx", "fp32", out)
+
+
+def test_not_enough_disk(checkpoint, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(AlignKDError, match="not enough disk space"):
+        export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_max_seq_len_bounds(checkpoint, tmp_path):
+    with pytest.raises(AlignKDError, match="max sequence length 100"):
+        export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b", max_seq_len=100)
+
+
+def test_drift_below_threshold_fails_unless_allowed(checkpoint, tmp_path, monkeypatch):
+    """A quantized bundle under the floors is refused and leaves nothing behind; --allow-drift keeps it."""
+    from alignkd.export import parity
+
+    monkeypatch.setitem(parity.MIN_LOGIT_COSINE, "int8", 1.01)
+    with pytest.raises(AlignKDError, match="drifts from the eager model.*--allow-drift"):
+        export_bundle(checkpoint, "onnx", "int8", tmp_path / "b", max_seq_len=512)
+    assert not any(tmp_path.iterdir())
+    out = export_bundle(checkpoint, "onnx", "int8", tmp_path / "b", max_seq_len=512, allow_drift=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["passed"] is False and m["parity"]["allow_drift"] is True
