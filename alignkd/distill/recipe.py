@@ -63,6 +63,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _fresh_accelerate_state() -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with other settings
+    (e.g. bf16 after fp32). Between runs in one single-process program (the quickstart trains three models,
+    tests train many) start from a clean state; under a distributed launch the state belongs to the launcher."""
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState, GradientState
+
+    if not (dist.is_available() and dist.is_initialized()):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
     """Train; returns the output folder (final student in official format at OUT/student)."""
     from accelerate import Accelerator
@@ -75,6 +87,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
 
     out_dir = Path(cfg.output_dir)
     resume_from = resolve_resume(resume, out_dir)
+    _fresh_accelerate_state()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision.value,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))
     set_seed(cfg.seed)
