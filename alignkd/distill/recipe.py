@@ -133,6 +133,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
         accelerator.init_trackers("alignkd", config=_flat(to_dict(cfg)))
 
     # ---- train --------------------------------------------------------------------------------------
+    shown = [n for n in TERMS if getattr(cfg.loss.weights, n) > 0 and (cfg.distill or n == "ce")]
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
                desc="distill" if cfg.distill else "train", dynamic_ncols=True)
     last_saved = resume_from
@@ -177,7 +178,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
                 history.append({"step": step, **logged})
                 if step % cfg.log_every == 0:
                     accelerator.log(logged, step=step)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k in ("loss",) + TERMS and (k != "loss")})
+                    bar.set_postfix({k: f"{logged[k]:.3g}" for k in shown})
                 bar.update(1)
                 sums = torch.zeros_like(sums)
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
