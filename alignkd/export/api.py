@@ -109,7 +109,6 @@ def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group
     import resource
 
     from alignkd.export import manifest as mf
-    from alignkd.export import parity
     from alignkd.export.quantize import check_backend, check_options
 
     t0 = time.perf_counter()

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from alignkd.data.dataset import Collator, Example, LlavaDataset, Skipped
 from alignkd.data.image import ImageConfig
