@@ -219,13 +219,19 @@ def export(
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
     seed: int = typer.Option(0, "--seed"),
+    teacher_steps: int = typer.Option(300, "--teacher-steps", min=1, help="Optimizer steps of the toy teacher (batch 8; ~0.8 s each on 2 cores)."),
+    student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
+    blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "
+                               "(question-only control: how much of each score is language prior); ~3 min more."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of the table."),
 ) -> None:
     """The whole pipeline on the embedded synthetic world: world -> teacher -> Align-KD and CE students -> export -> eval -> profile."""
     try:
         from alignkd.quickstart import QuickstartConfig, format_summary, quickstart as run_quickstart
 
-        summary = run_quickstart(out, QuickstartConfig(seed=seed))
+        blinded = ("teacher", "student CE-only", "student Align-KD") if blind else ()
+        summary = run_quickstart(out, QuickstartConfig(seed=seed, teacher_steps=teacher_steps, student_steps=student_steps,
+                                                       blind=blinded))
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(summary) if as_json else format_summary(summary))
@@ -253,15 +259,17 @@ def eval_run(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N questions per benchmark (a partial result)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap the benchmark's own budget (smoke runs; not comparable with papers)."),
     dtype: DType = typer.Option(DType.float32, "--dtype"),
+    blind: bool = typer.Option(False, "--blind", help="Question-only control: blank every image (preprocessing mean) and keep the prompt; "
+                               "what is left is the language prior. Answers are tagged MODEL+blind; use its own --out folder."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate answers with each benchmark's official prompt and settings, write LLaVA answer files, score."""
     try:
         from alignkd.eval.run import evaluate, format_table
 
-        out = out or _default_out(model)
+        out = out or _default_out(model, "blind-" if blind else "")
         result = evaluate(model, _benches(bench), data, out, limit=limit, dtype=dtype.value, max_new_tokens=max_new_tokens,
-                          progress=not as_json)
+                          progress=not as_json, blind=blind)
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else format_table(result))

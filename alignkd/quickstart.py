@@ -35,7 +35,33 @@ class QuickstartConfig:
     profile_runs: int = 3
     benches: tuple[str, ...] = ("gqa", "sqa", "textvqa", "mme", "mmbench", "pope")
     eval_max_new_tokens: int | None = 32  # trained toy models answer in a few tokens; caps runaway answers
+    blind: tuple[str, ...] = ()  # models also evaluated with every image blanked (question-only control), e.g. ("teacher",)
     extra: dict = field(default_factory=dict)
+
+    def sizes(self) -> dict:
+        """What decides the content of OUT: a re-run must ask for the same, or it would reuse other models."""
+        keys = ("seed", "train_images", "eval_questions", "teacher_steps", "student_steps", "batch_size", "teacher_lr",
+                "student_lr")
+        return {k: getattr(self, k) for k in keys}
+
+
+BLIND_SUFFIX = ", images blanked"
+TRAINED = ("untrained student", "teacher", "student CE-only", "student Align-KD")  # the PyTorch models evaluated
+
+
+def _check_sizes(out: Path, cfg: QuickstartConfig) -> None:
+    """OUT/quickstart.json records the sizes; a re-run with others would silently reuse finished steps."""
+    path = out / "quickstart.json"
+    want = cfg.sizes()
+    if path.is_file():
+        have = json.loads(path.read_text())
+        differ = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        if differ:
+            listed = ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in differ.items())
+            raise AlignKDError(f"{out} holds a quickstart run of other sizes ({listed}); its finished steps would be reused. "
+                               f"Pass another --out, or delete {out} to start over.")
+        return
+    path.write_text(json.dumps(want, indent=2) + "\n")
 
 
 def _world_config(cfg: QuickstartConfig):
@@ -98,7 +124,11 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
 
     cfg = cfg or QuickstartConfig()
     out = Path(out)
+    unknown = sorted(set(cfg.blind) - set(TRAINED))
+    if unknown:
+        raise AlignKDError(f"blind control asked for {unknown}; choose among {list(TRAINED)}")
     out.mkdir(parents=True, exist_ok=True)
+    _check_sizes(out, cfg)
     console = Console(stderr=True)
     step = _Steps(out, console)
     t_start = time.perf_counter()
@@ -123,13 +153,15 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
         bundles[f"{target}-{quant}"] = folder
         step(f"export {target} {quant}", folder / "manifest.json", lambda t=target, q=quant, f=folder: _export(kd / "student", t, q, f))
 
-    models = {"untrained student": untrained, "teacher": teacher / "student", "student CE-only": ce / "student",
-              "student Align-KD": kd / "student"}
+    models = dict(zip(TRAINED, (untrained, teacher / "student", ce / "student", kd / "student")))
     models.update({f"Align-KD {name}": path for name, path in bundles.items() if _runnable(path)})
     evals = {}
     for name, path in models.items():
         answers = out / "eval" / name.replace(" ", "_")
         evals[name] = step(f"evaluate {name}", None, lambda p=path, a=answers: _evaluate(p, world, a, cfg))
+        if name in cfg.blind:  # the same questions with every image blanked: what the language prior alone scores
+            evals[name + BLIND_SUFFIX] = step(f"evaluate {name} with images blanked", None,
+                                              lambda p=path, a=answers.with_name(answers.name + "_blind"): _evaluate(p, world, a, cfg, blind=True))
     profiles = {}
     for name, path in {"student Align-KD (PyTorch)": kd / "student", **{f"Align-KD {n}": p for n, p in bundles.items() if _runnable(p)}}.items():
         plot = out / "plots" / f"latency-{name.replace(' ', '_').replace('(', '').replace(')', '')}.png"
@@ -168,10 +200,10 @@ def _runnable(bundle: Path) -> bool:
     return target != "coreml" or platform.system() == "Darwin"
 
 
-def _evaluate(model: Path, world: Path, answers: Path, cfg: QuickstartConfig) -> dict:
+def _evaluate(model: Path, world: Path, answers: Path, cfg: QuickstartConfig, blind: bool = False) -> dict:
     from alignkd.eval.run import evaluate
 
-    result = evaluate(model, list(cfg.benches), world / "eval", answers, max_new_tokens=cfg.eval_max_new_tokens)
+    result = evaluate(model, list(cfg.benches), world / "eval", answers, max_new_tokens=cfg.eval_max_new_tokens, blind=blind)
     return {"table": result["table"], "average": result["average"], "answers": str(answers)}
 
 

@@ -7,11 +7,14 @@ from alignkd.quickstart import QuickstartConfig, format_summary, quickstart
 
 def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     cfg = QuickstartConfig(train_images=24, eval_questions=4, teacher_steps=2, student_steps=2, batch_size=4,
-                           exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4)
+                           exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4, blind=("teacher",))
     summary = quickstart(tmp_path, cfg)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["verdict"] == summary["verdict"] and "Align-KD" in summary["verdict"]
-    assert set(summary["accuracy"]) == {"untrained student", "teacher", "student CE-only", "student Align-KD", "Align-KD onnx-fp32"}
+    assert set(summary["accuracy"]) == {"untrained student", "teacher", "teacher, images blanked", "student CE-only",
+                                        "student Align-KD", "Align-KD onnx-fp32"}
+    blind_answers = tmp_path / "eval" / "teacher_blind" / "gqa.jsonl"
+    assert {json.loads(line)["model_id"] for line in blind_answers.read_text().splitlines()} == {"student+blind"}
     for name, ev in summary["accuracy"].items():
         assert set(ev["table"]) == {"GQA", "SQA-IMG", "TextVQA", "MME-P", "MMBench", "POPE"}, name
         assert ev["average"] is not None
@@ -23,3 +26,25 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     again = quickstart(tmp_path, cfg)
     assert "train the toy teacher" not in again["step_seconds"] and "export onnx fp32" not in again["step_seconds"]
     assert again["accuracy"]["student Align-KD"]["table"] == summary["accuracy"]["student Align-KD"]["table"]
+
+
+def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
+    import pytest
+
+    from alignkd.errors import AlignKDError
+
+    (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig().sizes()))
+    with pytest.raises(AlignKDError, match="teacher_steps: 300 there, 900 asked") as err:
+        quickstart(tmp_path, QuickstartConfig(teacher_steps=900))
+    assert "another --out" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.json"]  # nothing started
+
+
+def test_blind_control_names_a_known_model(tmp_path):
+    import pytest
+
+    from alignkd.errors import AlignKDError
+
+    with pytest.raises(AlignKDError, match="blind control asked for \\['the teacher'\\]"):
+        quickstart(tmp_path / "out", QuickstartConfig(blind=("the teacher",)))
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -5,7 +5,10 @@ benchmark's max_new_tokens, `<image>\\n` before the question when it has an imag
 to `out_dir/{bench}.jsonl` as soon as it exists, so a killed run resumes where it stopped. It then scores
 the file with the benchmark's scorer and builds the paper's table (Avg = mean of the six with MME-P / 20).
 `compare` evaluates an exported bundle and its source checkpoint on the same questions and reports the
-accuracy drift and the per-question answer agreement.
+accuracy drift and the per-question answer agreement. `blind=True` is the question-only control (the
+"blind" baseline of VQA v2, Goyal et al. 2017): every image is replaced by a uniform image of the
+preprocessing mean (pixel values 0), with the prompt and the image tokens unchanged, so the score that is
+left is what the model gets from language priors alone.
 
     alignkd eval MODEL --bench gqa --bench pope --data playground/data/eval --out answers --limit 50
     python -m pytest tests/eval/test_run.py -q
@@ -101,15 +104,24 @@ def _prepare(benches: list[str], data_dir: Path, limit: int | None) -> dict:
     return plan
 
 
-def _answer(loaded, processor, question: Question, cap: int | None) -> str:
+def _answer(loaded, processor, question: Question, cap: int | None, blind: bool = False) -> str:
     from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
 
     images = [question.load_image()] if question.has_image else []
     prompt = build_prompt(question.prompt, len(images), loaded.template)
     pixels = processor(images) if images else None
+    if blind and pixels is not None:
+        pixels = blank_pixels(pixels)
     n = question.max_new_tokens if cap is None else min(cap, question.max_new_tokens)
     config = GenerationConfig(max_new_tokens=n, temperature=0.0)
     return generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, loaded.template).text
+
+
+def blank_pixels(pixels):
+    """The blind control's image: uniform at the preprocessing mean, i.e. 0 after normalisation, same shape."""
+    import torch
+
+    return torch.zeros_like(pixels)
 
 
 def _progress(enabled: bool):
@@ -122,17 +134,19 @@ def _progress(enabled: bool):
 
 
 def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | None = None, model_id: str | None = None,
-             dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True) -> dict:
+             dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True, blind: bool = False) -> dict:
     """Answer, write and score `benches` with the model at `model_path`; see the module docstring.
 
     `limit` answers the first N questions of each benchmark (scored as a partial result); `max_new_tokens`
     caps every benchmark's budget (for smoke runs: the numbers are then not comparable with the papers').
+    `blind` blanks every image (the question-only control); its answers carry the model id + "+blind", so
+    they never mix with the model's real answers in one folder.
     """
     from alignkd.data.image import ImageProcessor
     from alignkd.runtime.generation import load_model
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    model_id = model_id or Path(model_path).resolve().name
+    model_id = (model_id or Path(model_path).resolve().name) + ("+blind" if blind else "")
     plan = _prepare(benches, data_dir, limit)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = {}
@@ -149,7 +163,7 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
             task = bar.add_task(COLUMNS[name], total=len(questions), completed=len(questions) - len(todo[name]))
             with open(path, "a", encoding="utf-8") as f:
                 for q in todo[name]:
-                    text = _answer(loaded, processor, q, max_new_tokens)
+                    text = _answer(loaded, processor, q, max_new_tokens, blind)
                     f.write(json.dumps(answer_record(q, text, model_id)) + "\n")
                     f.flush()  # one line per answer on disk: a kill loses at most the answer being generated
                     bar.advance(task)
@@ -160,7 +174,7 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
                              "partial": bool(score["partial"]), "score": score}
     return {"model": str(model_path), "model_id": model_id, "kind": loaded.kind if loaded else None,
             "data_dir": str(data_dir), "out_dir": str(out_dir), "limit": limit, "max_new_tokens": max_new_tokens,
-            "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
+            "blind": blind, "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
 
 
 def paper_row(results: dict) -> dict:
@@ -199,6 +213,8 @@ def format_table(result: dict) -> str:
         notes.append(f"answers capped at {result['max_new_tokens']} new tokens; not comparable with paper numbers")
     if avg is None:
         notes.append("Avg needs all six benchmarks")
+    if result.get("blind"):
+        notes.append("blind control: every image blanked to the preprocessing mean; these scores come from language priors alone")
     for name, r in result["benchmarks"].items():
         notes.append(f"{name}: {r['headline']} over {r['score']['n_scored']}/{r['score']['n_questions']} "
                      f"({r['generated']} generated, {r['reused']} reused) -> {r['answers_file']}")

@@ -158,3 +158,42 @@ def test_compare_same_model_has_no_drift(model, suite, tmp_path):
     again = compare(model, model, ["pope"], suite, tmp_path, limit=2, max_new_tokens=CAP, progress=False)
     assert again["bundle"]["benchmarks"]["pope"]["generated"] == 0  # prediction files reused
     assert eval_run.paper_row({})["average"] is None
+
+
+def test_blind_control_blanks_every_image_and_keeps_the_prompt(model, suite, tmp_path, monkeypatch):
+    from alignkd.runtime import generation
+
+    seen = []
+    real = generation.generate
+
+    def spy(backend, tokenizer, prompt, pixel_values=None, *args, **kwargs):
+        seen.append((prompt, pixel_values))
+        return real(backend, tokenizer, prompt, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    seeing = evaluate(model, ["gqa", "pope"], suite, tmp_path / "seeing", limit=2, max_new_tokens=CAP, progress=False)
+    looked, seen[:] = list(seen), []
+    blind = evaluate(model, ["gqa", "pope"], suite, tmp_path / "blind", limit=2, max_new_tokens=CAP, progress=False,
+                     blind=True)
+    assert len(seen) == len(looked) == 4
+    for (prompt, pixels), (prompt_seen, pixels_seen) in zip(seen, looked):
+        assert prompt == prompt_seen and "<image>" in prompt  # same prompt, same image tokens
+        assert pixels.shape == pixels_seen.shape and not pixels.any() and pixels_seen.abs().sum() > 0
+    assert blind["blind"] and not seeing["blind"]
+    assert {r["model_id"] for r in lines(tmp_path / "blind/gqa.jsonl")} == {"checkpoint+blind"}
+    assert "blind control" in format_table(blind) and "blind control" not in format_table(seeing)
+    with pytest.raises(AlignKDError, match="holds answers of model 'checkpoint\\+blind'"):  # never mixed with real answers
+        evaluate(model, ["gqa"], suite, tmp_path / "blind", limit=2, max_new_tokens=CAP, progress=False)
+
+
+def test_cli_blind_flag_uses_its_own_default_folder(model, suite, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "alignkd.cli", "eval", str(model), "--bench", "pope", "--data", str(suite),
+                          "--limit", "1", "--max-new-tokens", "2", "--blind", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["blind"] and result["model_id"] == "checkpoint+blind"
+    assert Path(result["out_dir"]).parts[:2] == ("runs", "eval") and Path(result["out_dir"]).name.startswith("blind-")
