@@ -4,7 +4,8 @@ world -> toy teacher (CE) -> student with Align-KD, and the CE-only student (sam
 -> export the Align-KD student (ExecuTorch, ONNX, Core ML) -> evaluate the untrained student, the teacher,
 both students and the runnable bundles on the synthetic suite -> profile -> `OUT/summary.json` and a table.
 Every step writes into its own folder and is skipped when its output is already there, so a re-run after a
-failure continues where it stopped.
+failure continues where it stopped (OUT/quickstart.json records the sizes; a re-run asking for others is
+refused). `blind` adds the question-only control (images blanked) for the named models.
 
     alignkd quickstart --out runs/quickstart
 """
