@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from alignkd.data.dataset import Collator, Example
     from alignkd.data.image import ImageProcessor
     from alignkd.data.synth_scene import render_scene, sample_scene
     from alignkd.data.synth_world import SynthConfig, synthesize
@@ -74,21 +75,17 @@ def main(argv=None) -> dict:
         scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
         question, answer = _question(rng, scene, args.question)
         turns = [{"from": "human", "value": f"<image>\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
-        return tokenize_conversation(turns, "v1", tok, has_image=True), render_scene(scene), answer
+        ex = tokenize_conversation(turns, "v1", tok, has_image=True)
+        return Example(answer, ex.input_ids, ex.labels, processor([render_scene(scene)]))
 
-    def batch(items):
-        width = max(len(ex.input_ids) for ex, _, _ in items)
-        ids = torch.full((len(items), width), tok.pad_id)
-        labels = torch.full((len(items), width), -100)
-        mask = torch.zeros((len(items), width), dtype=torch.bool)
-        for row, (ex, _, _) in enumerate(items):
-            ids[row, :len(ex.input_ids)] = torch.tensor(ex.input_ids)
-            labels[row, :len(ex.labels)] = torch.tensor(ex.labels)
-            mask[row, :len(ex.input_ids)] = True
-        return dict(input_ids=ids, labels=labels, attention_mask=mask, images=processor([img for _, img, _ in items]))
+    collate = Collator(tok.pad_id)  # the training recipe's own padding and image stacking
+
+    def batch(examples):
+        b = collate(examples)
+        return {k: b[k] for k in ("input_ids", "labels", "attention_mask", "images")}
 
     val = [sample(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)]
-    majority = Counter(a for _, _, a in val).most_common(1)[0][1] / len(val)
+    majority = Counter(ex.id for ex in val).most_common(1)[0][1] / len(val)  # Example.id holds the answer here
     val_batch = batch(val)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)

@@ -110,18 +110,11 @@ def _answer(loaded, processor, question: Question, cap: int | None, blind: bool 
     images = [question.load_image()] if question.has_image else []
     prompt = build_prompt(question.prompt, len(images), loaded.template)
     pixels = processor(images) if images else None
-    if blind and pixels is not None:
-        pixels = blank_pixels(pixels)
+    if blind and pixels is not None:  # uniform at the preprocessing mean: 0 after normalisation, same shape
+        pixels = pixels.new_zeros(pixels.shape)
     n = question.max_new_tokens if cap is None else min(cap, question.max_new_tokens)
     config = GenerationConfig(max_new_tokens=n, temperature=0.0)
     return generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, loaded.template).text
-
-
-def blank_pixels(pixels):
-    """The blind control's image: uniform at the preprocessing mean, i.e. 0 after normalisation, same shape."""
-    import torch
-
-    return torch.zeros_like(pixels)
 
 
 def _progress(enabled: bool):
