@@ -23,15 +23,17 @@ import time
 def _pair(small: bool):
     import torch
 
-    from alignkd.models.mobilevlm import MobileVLM, MobileVLMConfig, _llama, synth_clip
+    from alignkd.models.mobilevlm import MobileVLM, MobileVLMConfig, _llama, tiny_clip
     from alignkd.data.image import ImageConfig
 
     vocab = 4096
-    # teacher twice as wide with twice the heads and layers, as 7B vs 1.7B; the shared tower is the toy CLIP
+    # teacher twice as wide with twice the heads and layers, as 7B vs 1.7B; the shared tower is a 96 px CLIP in
+    # 4 px patches: a 24x24 grid pooled 2x2, as the real CLIP-L/336 is (the synthetic presets' own tower has 8 px)
+    vision = tiny_clip(image_size=96, patch=4, hidden=64, layers=3, heads=4)
     t_dims, s_dims = ((256, 4, 8), (128, 2, 4)) if small else ((768, 8, 16), (384, 4, 8))
     torch.manual_seed(0)
     make = lambda d, layers, heads: MobileVLM(MobileVLMConfig(llm=_llama(vocab, d, layers, heads, 2 * d, 1e-6),
-                                                              vision=synth_clip(), image=ImageConfig(size=96)))
+                                                              vision=vision, image=ImageConfig(size=96)))
     return make(t_dims[0], t_dims[1] * 2, t_dims[2]), make(s_dims[0], s_dims[1] * 2, s_dims[2]), vocab
 
 

@@ -3,7 +3,7 @@
 - `VisionEncoder`: pixel values [1,3,H,W] -> image tokens [1,144,D]. CLIP runs only up to the selected
   layer (the last layer and the post-LN are never used by MobileVLM, so they are not exported), and the
   LDPv2 12x12 adaptive pool becomes avg_pool2d(2) when the patch grid is 24x24 (identical maths, and a
-  plain pooling op every backend has).
+  plain pooling op every backend has), and nothing at all when the grid is already 12x12.
 - `TokenEmbedding`: ids [1,n] -> embeddings [1,n,D].
 - `PastKVDecoder` (ONNX) and `StatefulDecoder` (Core ML): the LLaMA decoder from embeddings. The ExecuTorch
   decoder is ExecuTorch's own llama transformer (custom SDPA and KV-cache ops) and lives in executorch.py.
@@ -55,7 +55,8 @@ class VisionEncoder(nn.Module):
         x = x.transpose(1, 2).reshape(-1, self.dim, self.grid, self.grid)
         if self.grid == 2 * self.pooled:
             x = F.avg_pool2d(x, 2)  # equals the adaptive pool exactly when the grid is twice the output
-        else:
+        elif self.grid != self.pooled:  # a 12x12 grid (the synthetic world's toy CLIP) is pooled to itself: no op
+
             x = F.adaptive_avg_pool2d(x, (self.pooled, self.pooled))
         x = x + self.peg(x)
         return x.flatten(2).transpose(1, 2)

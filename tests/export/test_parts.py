@@ -20,6 +20,20 @@ def test_vision_encoder_truncated_equals_eager(official, fixture_dir):
         assert torch.allclose(enc(pixels[:1])[0], official_features.reshape(enc(pixels[:1])[0].shape), atol=1e-5)
 
 
+def test_vision_encoder_on_a_12x12_grid_skips_the_pool():
+    """The synthetic presets' toy CLIP (96 px, 8 px patches) already has the pooled grid: no pooling op at all."""
+    from alignkd.models.mobilevlm import MobileVLM, get_preset
+
+    torch.manual_seed(0)
+    model = MobileVLM(get_preset("synth_student")).eval()
+    enc = VisionEncoder(model)
+    assert enc.grid == enc.pooled == 12
+    pixels = torch.randn(2, 3, 96, 96)
+    assert check_vision_encoder(model, pixels) < 1e-5
+    graph = torch.export.export(enc, (pixels[:1],)).graph_module.code
+    assert "pool" not in graph
+
+
 @torch.inference_mode()
 def test_past_kv_decoder_matches_eager(official):
     model, _ = official
