@@ -1,6 +1,7 @@
 """How fast does the toy teacher learn to look at the image? A learning-speed probe for sizing the quickstart.
 
 Trains `synth_teacher` (the quickstart's toy teacher: LLaMA 256 wide, 4 layers, toy CLIP 96 px) from scratch
+(or from a pre-trained toy CLIP with --vision-from)
 on ONE focused question type, on freshly drawn scenes of the synthetic world, with the recipe's optimizer
 settings (AdamW, grad-norm clip 1.0, constant LR), and reports the held-out accuracy of the answer's first
 token every `--eval-every` steps next to the majority-answer baseline (what a model that ignores the image
@@ -12,6 +13,8 @@ Prints one JSON object: settings, `majority_acc`, `curve` ([{step, val_loss, acc
     python benchmarks/toy_grounding.py --objects 1 --question color --steps 200            # ~2 min on 2 cores
     python benchmarks/toy_grounding.py --objects 3 --question exist --steps 300
     python benchmarks/toy_grounding.py --objects 1 --question color --steps 200 --frozen-vision
+    python benchmarks/toy_grounding.py --objects 3 --question exist --steps 300 --frozen-vision \
+        --vision-from runs/quickstart/vision/checkpoint          # the quickstart's pre-trained toy CLIP
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--val", type=int, default=128, help="held-out questions")
-    ap.add_argument("--frozen-vision", action="store_true", help="keep the random CLIP fixed (only projector + LLM learn)")
+    ap.add_argument("--frozen-vision", action="store_true", help="keep the CLIP fixed (only projector + LLM learn)")
+    ap.add_argument("--vision-from", default=None, help="checkpoint whose toy CLIP to start from, e.g. the OUT/checkpoint of "
+                    "`alignkd data pretrain-vision` (default: random init)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -68,6 +73,10 @@ def main(argv=None) -> dict:
     config = get_preset("synth_teacher")
     config.llm.vocab_size = tok.vocab_size
     model = MobileVLM(config).train()
+    if args.vision_from:
+        from alignkd.distill.checkpoint import copy_vision_tower
+
+        copy_vision_tower(model, Path(args.vision_from))
     model.vision_tower.requires_grad_(not args.frozen_vision)
     processor = ImageProcessor(config.image)
 

@@ -21,3 +21,13 @@ def test_toy_grounding_probe_runs_and_reports_a_curve(capsys):
     assert result["curve"][2]["val_loss"] < result["curve"][0]["val_loss"]  # two steps of training move the loss
     assert 0.5 <= result["majority_acc"] <= 1.0  # yes/no: the majority answer is at least half
     assert '"curve"' in capsys.readouterr().out  # one JSON object on stdout
+
+
+def test_toy_clip_patch_benchmark_runs_per_patch_size(capsys):
+    result = _load("toy_clip_patch").main(["--patch", "8", "--steps", "2", "--scenes", "8", "--val", "6",
+                                           "--eval-every", "1"])
+    run = result["results"]["8"]
+    assert run["grid"] == 12 and [p["step"] for p in run["curve"]] == [0, 1, 2]
+    assert set(run["val"]) == set(run["majority"]) == {"color", "shape", "size"}
+    assert all(0.0 <= v <= 1.0 for v in run["val"].values())
+    assert '"results"' in capsys.readouterr().out

@@ -59,3 +59,13 @@ def test_export_bad_target_and_existing_output(fixture_dir, tmp_path):
     (tmp_path / "exists" / "x").write_text("x")
     out = run("export", str(fixture_dir / "checkpoint"), "--target", "onnx", "-o", str(tmp_path / "exists"))
     assert out.returncode == 2 and "--overwrite" in out.stderr
+
+
+def test_pretrain_vision_names_a_missing_world_and_keeps_a_finished_tower(tmp_path):
+    out = run("data", "pretrain-vision", "--world", str(tmp_path / "no-world"), "--out", str(tmp_path / "vision"))
+    assert out.returncode != 0 and "world.json not found" in out.stderr and "alignkd data synth" in out.stderr
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "report.json").write_text("{}")
+    out = run("data", "pretrain-vision", "--world", str(tmp_path / "no-world"), "--out", str(tmp_path / "done"))
+    assert out.returncode != 0 and "already holds a pre-trained tower" in out.stderr
+    assert (tmp_path / "done" / "report.json").read_text() == "{}"  # nothing overwritten

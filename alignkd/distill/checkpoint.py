@@ -33,11 +33,11 @@ def load_spec(spec, train: bool = True):
         config.llm.vocab_size = tok.vocab_size
         model = MobileVLM(config).to(dtype)
     if spec.vision_tower_from:
-        _copy_vision_tower(model, Path(spec.vision_tower_from))
+        copy_vision_tower(model, Path(spec.vision_tower_from))
     return model.train(train), tok
 
 
-def _copy_vision_tower(model, source: Path) -> None:
+def copy_vision_tower(model, source: Path) -> None:
     prefix = "model.vision_tower.vision_tower.vision_model."
     state = {k[len(prefix):]: v for k, v in read_state_dict(source).items() if k.startswith(prefix)}
     own = model.vision_tower.state_dict()
