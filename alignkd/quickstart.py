@@ -1,6 +1,6 @@
 """`alignkd quickstart`: the whole pipeline on the embedded synthetic world, in minutes on 2 CPU cores.
 
-world -> toy teacher (CE) -> student with Align-KD, and the CE-only student (same steps, same seed)
+world -> toy CLIP pre-training -> toy teacher (CE, CLIP frozen) -> student with Align-KD, and the CE-only student (same steps, same seed)
 -> export the Align-KD student (ExecuTorch, ONNX, Core ML) -> evaluate the untrained student, the teacher,
 both students and the runnable bundles on the synthetic suite -> profile -> `OUT/summary.json` and a table.
 Every step writes into its own folder and is skipped when its output is already there, so a re-run after a
@@ -27,6 +27,8 @@ class QuickstartConfig:
     seed: int = 0
     train_images: int = 1500
     eval_questions: int = 100  # GQA/SQA/TextVQA; MME 10 images x 2 per category; MMBench 40 (+ circular copies); POPE 60 per subset
+    vision_steps: int = 1000  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
+    vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
     teacher_steps: int = 300  # batch 8: ~1.5 epochs of the 1600 fine-tuning records
     student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
@@ -41,8 +43,8 @@ class QuickstartConfig:
 
     def sizes(self) -> dict:
         """What decides the content of OUT: a re-run must ask for the same, or it would reuse other models."""
-        keys = ("seed", "train_images", "eval_questions", "teacher_steps", "student_steps", "batch_size", "teacher_lr",
-                "student_lr")
+        keys = ("seed", "train_images", "eval_questions", "vision_steps", "vision_scenes", "teacher_steps", "student_steps",
+                "batch_size", "teacher_lr", "student_lr")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -73,20 +75,18 @@ def _world_config(cfg: QuickstartConfig):
                        mme_images_per_category=max(1, n // 10), mmbench_questions=max(1, (2 * n) // 5), pope_images=max(1, n // 10))
 
 
-def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path | None, steps: int,
-                  lr: float, cfg: QuickstartConfig, freeze_vision: bool = True):
+def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path, steps: int,
+                  lr: float, cfg: QuickstartConfig):
     from alignkd.config import from_dict
     from alignkd.distill.config import TrainConfig
 
-    student = {"preset": preset, "tokenizer": str(world / "tokenizer")}
-    if vision_from is not None:
-        student["vision_tower_from"] = str(vision_from)
+    student = {"preset": preset, "tokenizer": str(world / "tokenizer"), "vision_tower_from": str(vision_from)}
     data = {
         "student": student,
         "teacher": {"path": str(teacher)} if teacher is not None else None,
         "data": {"train": str(world / "train" / "finetune.json"), "image_root": str(world / "train" / "images")},
         "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": 100, "max_steps": steps, "seed": cfg.seed,
-        "freeze_vision_tower": freeze_vision, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
+        "freeze_vision_tower": True, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
         "tensorboard": True,
     }
     return from_dict(TrainConfig, data)
@@ -122,6 +122,7 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
 
     from alignkd.data.synth_world import synthesize
     from alignkd.distill.recipe import run
+    from alignkd.distill.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
     cfg = cfg or QuickstartConfig()
     out = Path(out)
@@ -133,12 +134,15 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
     console = Console(stderr=True)
     step = _Steps(out, console)
     t_start = time.perf_counter()
-    world, teacher, kd, ce = out / "world", out / "teacher", out / "student_alignkd", out / "student_ce"
+    world, vision, teacher = out / "world", out / "vision", out / "teacher"
+    kd, ce = out / "student_alignkd", out / "student_ce"
 
     step("synthetic world", world / "world.json", lambda: synthesize(world, _world_config(cfg), overwrite=True))
-    step("train the toy teacher", teacher / "student" / "config.json",
-         lambda: run(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=None, cfg=cfg,
-                                   steps=cfg.teacher_steps, lr=cfg.teacher_lr, freeze_vision=False)))
+    step("pre-train the toy CLIP", vision / "report.json",
+         lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
+    step("train the toy teacher (toy CLIP frozen)", teacher / "student" / "config.json",
+         lambda: run(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
+                                   cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
     step("distil the student with Align-KD", kd / "student" / "config.json",
          lambda: run(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
                                    vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))

@@ -6,8 +6,8 @@ from alignkd.quickstart import QuickstartConfig, format_summary, quickstart
 
 
 def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
-    cfg = QuickstartConfig(train_images=24, eval_questions=4, teacher_steps=2, student_steps=2, batch_size=4,
-                           exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4, blind=("teacher",))
+    cfg = QuickstartConfig(train_images=24, eval_questions=4, vision_steps=2, vision_scenes=16, teacher_steps=2,
+                           student_steps=2, batch_size=4, exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4, blind=("teacher",))
     summary = quickstart(tmp_path, cfg)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["verdict"] == summary["verdict"] and "Align-KD" in summary["verdict"]
@@ -20,6 +20,7 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
         assert ev["average"] is not None
     assert summary["profile"]["Align-KD onnx-fp32"]["decode_tok_s"] > 0
     assert (tmp_path / "student_alignkd" / "student" / "config.json").is_file()
+    assert json.loads((tmp_path / "vision" / "report.json").read_text())["config"]["steps"] == 2
     assert (tmp_path / "bundles" / "onnx-fp32" / "manifest.json").is_file()
     assert "Accuracy on the synthetic suite" in format_summary(summary)
     # a second run finds every training and export step done and skips it
