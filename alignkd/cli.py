@@ -167,7 +167,7 @@ def data_synth(
 def data_pretrain_vision(
     world: Path = typer.Option(..., "--world", help="Synthetic world folder (from `alignkd data synth`)."),
     out: Path = typer.Option(..., "--out", help="Folder for checkpoint/ (the tower, for vision_tower_from) and report.json."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps (batch 32; ~0.07 s each on 2 cores)."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="Optimizer steps (batch 32; ~0.07 s each on 2 cores)."),
     preset: str = typer.Option("synth_teacher", "--preset", help="Model preset whose vision tower is trained."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -240,7 +240,7 @@ def export(
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
     seed: int = typer.Option(0, "--seed"),
-    vision_steps: int = typer.Option(1000, "--vision-steps", min=1, help="Pre-training steps of the toy CLIP (batch 32; ~0.07 s each on 2 cores)."),
+    vision_steps: int = typer.Option(1500, "--vision-steps", min=1, help="Pre-training steps of the toy CLIP (batch 32; ~0.07 s each on 2 cores)."),
     teacher_steps: int = typer.Option(300, "--teacher-steps", min=1, help="Optimizer steps of the toy teacher (batch 8; ~0.5 s each on 2 cores)."),
     student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
     blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "

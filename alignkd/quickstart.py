@@ -27,7 +27,7 @@ class QuickstartConfig:
     seed: int = 0
     train_images: int = 1500
     eval_questions: int = 100  # GQA/SQA/TextVQA; MME 10 images x 2 per category; MMBench 40 (+ circular copies); POPE 60 per subset
-    vision_steps: int = 1000  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
+    vision_steps: int = 1500  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
     vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
     teacher_steps: int = 300  # batch 8: ~1.5 epochs of the 1600 fine-tuning records
     student_steps: int = 300  # the Align-KD and the CE-only student alike

@@ -31,7 +31,7 @@ ATTRIBUTES = ("color", "shape", "size")
 
 @dataclass
 class VisionPretrainConfig:
-    steps: int = 1000  # ~75 s on 2 cores for the synth presets' 96 px / 8 px-patch tower
+    steps: int = 1500  # ~2 min on 2 cores for the synth presets' 96 px / 8 px-patch tower
     batch_size: int = 32
     lr: float = 1e-3
     scenes: int = 6000  # fresh training scenes, cycled with replacement

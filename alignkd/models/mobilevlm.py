@@ -270,9 +270,9 @@ def mobilevlm_tiny(vocab=512, hidden=64, layers=2, heads=4, ffn=128) -> MobileVL
 def synth_clip() -> CLIPVisionConfig:
     """The vision tower shared by the synthetic world's teacher and student: 96 px in 8 px patches (12x12 grid).
 
-    8 px patches, not 4: with 4 px patches this tower does not learn the world's shapes within minutes even
-    under direct supervision, with 8 px it does, at a fraction of the cost (`benchmarks/toy_clip_patch.py`,
-    numbers in docs/quickstart.md). The 12x12 grid makes LDPv2's 12x12 pool an identity here; the real
+    8 px patches, not 4: the tower is pre-trained inside the quickstart's budget, and with 8 px patches each
+    step costs a sixth as much for the same shape accuracy per step (`benchmarks/toy_clip_patch.py`, numbers
+    in docs/quickstart.md). The 12x12 grid makes LDPv2's 12x12 pool an identity here; the real
     24x24 -> 12x12 pool is exercised by the official tiny fixture (`tiny_clip`). Like the real CLIP, the tower
     is pre-trained before the teacher and then frozen (`alignkd.distill.vision_pretrain`).
     """
