@@ -253,8 +253,7 @@ def quickstart(
 
         blinded = ("teacher", "student CE-only", "student Align-KD") if blind else ()
         summary = run_quickstart(out, QuickstartConfig(seed=seed, vision_steps=vision_steps, teacher_steps=teacher_steps,
-                                                       student_steps=student_steps,
-                                                       blind=blinded))
+                                                       student_steps=student_steps, blind=blinded))
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(summary) if as_json else format_summary(summary))

@@ -56,7 +56,6 @@ class VisionEncoder(nn.Module):
         if self.grid == 2 * self.pooled:
             x = F.avg_pool2d(x, 2)  # equals the adaptive pool exactly when the grid is twice the output
         elif self.grid != self.pooled:  # a 12x12 grid (the synthetic world's toy CLIP) is pooled to itself: no op
-
             x = F.adaptive_avg_pool2d(x, (self.pooled, self.pooled))
         x = x + self.peg(x)
         return x.flatten(2).transpose(1, 2)
