@@ -5,7 +5,8 @@ Trains `synth_teacher` (the quickstart's toy teacher: LLaMA 256 wide, 4 layers, 
 the synthetic world, with the recipe's optimizer settings (AdamW, grad-norm clip 1.0, constant LR), and
 reports the held-out accuracy of the answer's first token every `--eval-every` steps next to the
 majority-answer baseline (what a model that ignores the image gets). Questions: `color` ("What color is the
-{shape}?"; with --objects 1 the colour of the only object) and `exist` ("Is there a {color} {shape} in the image?", half yes, half no: the POPE question).
+{shape}?"; with --objects 1 the colour of the only object) and `exist` ("Is there a {color} {shape} in the
+image?", half yes, half no: the POPE question).
 
 Prints one JSON object: settings, `majority_acc`, `curve` ([{step, val_loss, acc, seconds}]).
 
