@@ -2,8 +2,9 @@
 
 - `VisionEncoder`: pixel values [1,3,H,W] -> image tokens [1,144,D]. CLIP runs only up to the selected
   layer (the last layer and the post-LN are never used by MobileVLM, so they are not exported), and the
-  LDPv2 12x12 adaptive pool becomes avg_pool2d(2) when the patch grid is 24x24 (identical maths, and a
-  plain pooling op every backend has), and nothing at all when the grid is already 12x12.
+  LDPv2 12x12 adaptive pool becomes avg_pool2d(k) when the patch grid is k times the pooled grid (24x24 ->
+  12x12: k = 2; the toy presets' 12x12 -> 3x3: k = 4; identical maths, and a plain pooling op every backend
+  has), and nothing at all when the grids are equal.
 - `TokenEmbedding`: ids [1,n] -> embeddings [1,n,D].
 - `PastKVDecoder` (ONNX) and `StatefulDecoder` (Core ML): the LLaMA decoder from embeddings. The ExecuTorch
   decoder is ExecuTorch's own llama transformer (custom SDPA and KV-cache ops) and lives in executorch.py.
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignkd.models.mobilevlm import POOLED_GRID, MobileVLM
+from alignkd.models.mobilevlm import MobileVLM
 
 
 class VisionEncoder(nn.Module):
@@ -41,7 +42,7 @@ class VisionEncoder(nn.Module):
         self.mlp, self.peg = proj.mlp, proj.peg
         self.dim = cfg.llm.hidden_size
         self.grid = cfg.vision.image_size // cfg.vision.patch_size
-        self.pooled = POOLED_GRID
+        self.pooled = cfg.pooled_grid
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         h = self.pre_layrnorm(self.embeddings(pixel_values))
@@ -53,9 +54,9 @@ class VisionEncoder(nn.Module):
         x = self.mlp(h)
         # constant sizes only: traced shape arithmetic becomes int casts that Core ML's converter rejects
         x = x.transpose(1, 2).reshape(-1, self.dim, self.grid, self.grid)
-        if self.grid == 2 * self.pooled:
-            x = F.avg_pool2d(x, 2)  # equals the adaptive pool exactly when the grid is twice the output
-        elif self.grid != self.pooled:  # a 12x12 grid (the synthetic world's toy CLIP) is pooled to itself: no op
+        if self.grid != self.pooled and self.grid % self.pooled == 0:
+            x = F.avg_pool2d(x, self.grid // self.pooled)  # equals the adaptive pool exactly when the output divides the grid
+        elif self.grid != self.pooled:  # equal grids pool to themselves: no op
             x = F.adaptive_avg_pool2d(x, (self.pooled, self.pooled))
         x = x + self.peg(x)
         return x.flatten(2).transpose(1, 2)

@@ -23,7 +23,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from alignkd.data.image import ImageConfig
 from alignkd.data.tokenizer import TOKENIZER_FILES, Tokenizer
 from alignkd.errors import AlignKDError
-from alignkd.models.mobilevlm import CLIP_L_336, MobileVLM, MobileVLMConfig, clip_vit_large_336
+from alignkd.models.mobilevlm import CLIP_L_336, POOLED_GRID, POOLED_GRID_KEY, MobileVLM, MobileVLMConfig, clip_vit_large_336
 
 # official key prefix <-> our module path; the first match wins
 _KEY_MAP = [
@@ -127,7 +127,11 @@ def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> M
     vision, image = _vision_config(folder, raw, Path(vision_tower) if vision_tower else None)
     if raw.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
         raise AlignKDError(f"{folder / 'config.json'}: mm_hidden_size {raw['mm_hidden_size']} differs from the vision tower's hidden size {vision.hidden_size}")
-    known = set(_LLAMA_KEYS) | set(_MM_KEYS)
+    grid = raw.get(POOLED_GRID_KEY, POOLED_GRID)
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise AlignKDError(f"{folder / 'config.json'}: {POOLED_GRID_KEY}={grid!r} must be a positive integer (the side of LDPv2's "
+                           f"pooled grid; leave it out for the official {POOLED_GRID})")
+    known = set(_LLAMA_KEYS) | set(_MM_KEYS) | {POOLED_GRID_KEY}
     return MobileVLMConfig(
         llm=llm,
         vision=vision,
@@ -138,6 +142,7 @@ def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> M
         select_feature=raw.get("mm_vision_select_feature", "patch"),
         # The official loader uses max_sequence_length and falls back to 2048 without it.
         context_length=int(raw.get("max_sequence_length", 2048)),
+        pooled_grid=grid,
         extra={k: v for k, v in raw.items() if k not in known},
     )
 
@@ -247,6 +252,8 @@ def config_to_official(config: MobileVLMConfig) -> dict:
         "image_grid_pinpoints": None, "use_mm_proj": True, "tune_mm_mlp_adapter": False,
         "freeze_mm_mlp_adapter": False, "mm_projector_lr": None,
     })
+    if config.pooled_grid != POOLED_GRID:  # only our toy presets; the official loader would ignore it and pool to 12x12
+        out[POOLED_GRID_KEY] = config.pooled_grid
     out.setdefault("torch_dtype", "float32")
     return dict(sorted(out.items()))
 

@@ -20,12 +20,29 @@ def test_vision_encoder_truncated_equals_eager(official, fixture_dir):
         assert torch.allclose(enc(pixels[:1])[0], official_features.reshape(enc(pixels[:1])[0].shape), atol=1e-5)
 
 
-def test_vision_encoder_on_a_12x12_grid_skips_the_pool():
-    """The synthetic presets' toy CLIP (96 px, 8 px patches) already has the pooled grid: no pooling op at all."""
+def test_vision_encoder_pools_the_toy_grid_with_a_plain_avg_pool():
+    """The synthetic presets' toy CLIP (96 px, 8 px patches: 12x12) pools to 3x3: avg_pool2d(4), equal to the eager model."""
     from alignkd.models.mobilevlm import MobileVLM, get_preset
 
     torch.manual_seed(0)
     model = MobileVLM(get_preset("synth_student")).eval()
+    enc = VisionEncoder(model)
+    assert (enc.grid, enc.pooled) == (12, 3)
+    pixels = torch.randn(2, 3, 96, 96)
+    assert check_vision_encoder(model, pixels) < 1e-5
+    graph = torch.export.export(enc, (pixels[:1],)).graph_module.code
+    assert "avg_pool2d" in graph and "adaptive" not in graph
+    assert enc(pixels[:1]).shape == (1, 9, model.config.hidden_size)
+
+
+def test_vision_encoder_on_equal_grids_skips_the_pool():
+    """A CLIP grid that already is the pooled grid (12x12 -> 12x12) emits no pooling op at all."""
+    from dataclasses import replace
+
+    from alignkd.models.mobilevlm import MobileVLM, get_preset
+
+    torch.manual_seed(0)
+    model = MobileVLM(replace(get_preset("synth_student"), pooled_grid=12)).eval()
     enc = VisionEncoder(model)
     assert enc.grid == enc.pooled == 12
     pixels = torch.randn(2, 3, 96, 96)
