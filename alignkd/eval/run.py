@@ -8,7 +8,11 @@ the file with the benchmark's scorer and builds the paper's table (Avg = mean of
 accuracy drift and the per-question answer agreement. `blind=True` is the question-only control (the
 "blind" baseline of VQA v2, Goyal et al. 2017): every image is replaced by a uniform image of the
 preprocessing mean (pixel values 0), with the prompt and the image tokens unchanged, so the score that is
-left is what the model gets from language priors alone.
+left is what the model gets from language priors alone. A blank image is out of distribution, though, so a
+*changed* score under it does not prove the model looks. `shuffled=True` is the control that does: every
+question is asked about another image of the same benchmark (the distinct images in file order, each
+answered with the one half the list away), real pictures of the same kind, so a model that reads its image
+loses the accuracy that came from it and a model that does not keeps its score.
 
     alignkd eval MODEL --bench gqa --bench pope --data playground/data/eval --out answers --limit 50
     python -m pytest tests/eval/test_run.py -q
@@ -104,10 +108,31 @@ def _prepare(benches: list[str], data_dir: Path, limit: int | None) -> dict:
     return plan
 
 
-def _answer(loaded, processor, question: Question, cap: int | None, blind: bool = False) -> str:
+def _image_id(q: Question):
+    return q.image_path if q.image_path is not None else q.image_base64
+
+
+def shuffled_images(questions: list[Question], bench: str) -> dict:
+    """{image id: the question whose image replaces it}: each distinct image moves half the list along, so no
+    question keeps its own picture; the map depends on the benchmark's file only (not on --limit)."""
+    firsts = {}
+    for q in questions:
+        if q.has_image:
+            firsts.setdefault(_image_id(q), q)
+    ids = list(firsts)
+    if len(ids) < 2:
+        raise AlignKDError(f"{bench}: the shuffled-image control needs at least 2 distinct images, this benchmark has "
+                           f"{len(ids)}; run it without --shuffled.")
+    shift = len(ids) // 2
+    return {image: firsts[ids[(i + shift) % len(ids)]] for i, image in enumerate(ids)}
+
+
+def _answer(loaded, processor, question: Question, cap: int | None, blind: bool = False,
+            donors: dict | None = None) -> str:
     from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
 
-    images = [question.load_image()] if question.has_image else []
+    source = donors[_image_id(question)] if donors and question.has_image else question
+    images = [source.load_image()] if question.has_image else []
     prompt = build_prompt(question.prompt, len(images), loaded.template)
     pixels = processor(images) if images else None
     if blind and pixels is not None:  # uniform at the preprocessing mean: 0 after normalisation, same shape
@@ -127,19 +152,24 @@ def _progress(enabled: bool):
 
 
 def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | None = None, model_id: str | None = None,
-             dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True, blind: bool = False) -> dict:
+             dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True, blind: bool = False,
+             shuffled: bool = False) -> dict:
     """Answer, write and score `benches` with the model at `model_path`; see the module docstring.
 
     `limit` answers the first N questions of each benchmark (scored as a partial result); `max_new_tokens`
     caps every benchmark's budget (for smoke runs: the numbers are then not comparable with the papers').
     `blind` blanks every image (the question-only control); its answers carry the model id + "+blind", so
-    they never mix with the model's real answers in one folder.
+    they never mix with the model's real answers in one folder. `shuffled` asks every question about another
+    image of its benchmark (`shuffled_images`; model id + "+shuffled"): the control that shows whether the
+    model looks.
     """
     from alignkd.data.image import ImageProcessor
     from alignkd.runtime.generation import load_model
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    model_id = (model_id or Path(model_path).resolve().name) + ("+blind" if blind else "")
+    if blind and shuffled:
+        raise AlignKDError("blind and shuffled are two separate controls; run them one at a time, each into its own --out.")
+    model_id = (model_id or Path(model_path).resolve().name) + ("+blind" if blind else "+shuffled" if shuffled else "")
     plan = _prepare(benches, data_dir, limit)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = {}
@@ -154,9 +184,10 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
         for name, (bm, every, questions) in plan.items():
             path, t1 = out_dir / f"{name}.jsonl", time.perf_counter()
             task = bar.add_task(COLUMNS[name], total=len(questions), completed=len(questions) - len(todo[name]))
+            donors = shuffled_images(every, name) if shuffled else None
             with open(path, "a", encoding="utf-8") as f:
                 for q in todo[name]:
-                    text = _answer(loaded, processor, q, max_new_tokens, blind)
+                    text = _answer(loaded, processor, q, max_new_tokens, blind, donors)
                     f.write(json.dumps(answer_record(q, text, model_id)) + "\n")
                     f.flush()  # one line per answer on disk: a kill loses at most the answer being generated
                     bar.advance(task)
@@ -167,7 +198,7 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
                              "partial": bool(score["partial"]), "score": score}
     return {"model": str(model_path), "model_id": model_id, "kind": loaded.kind if loaded else None,
             "data_dir": str(data_dir), "out_dir": str(out_dir), "limit": limit, "max_new_tokens": max_new_tokens,
-            "blind": blind, "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
+            "blind": blind, "shuffled": shuffled, "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
 
 
 def paper_row(results: dict) -> dict:
@@ -208,6 +239,9 @@ def format_table(result: dict) -> str:
         notes.append("Avg needs all six benchmarks")
     if result.get("blind"):
         notes.append("blind control: every image blanked to the preprocessing mean; these scores come from language priors alone")
+    if result.get("shuffled"):
+        notes.append("shuffled-image control: every question asked about another image of its benchmark; "
+                     "what a model gains from its own image is gone from these scores")
     for name, r in result["benchmarks"].items():
         notes.append(f"{name}: {r['headline']} over {r['score']['n_scored']}/{r['score']['n_questions']} "
                      f"({r['generated']} generated, {r['reused']} reused) -> {r['answers_file']}")

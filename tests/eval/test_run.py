@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignkd.errors import AlignKDError
 from alignkd.eval import run as eval_run
@@ -184,6 +185,40 @@ def test_blind_control_blanks_every_image_and_keeps_the_prompt(model, suite, tmp
     assert "blind control" in format_table(blind) and "blind control" not in format_table(seeing)
     with pytest.raises(AlignKDError, match="holds answers of model 'checkpoint\\+blind'"):  # never mixed with real answers
         evaluate(model, ["gqa"], suite, tmp_path / "blind", limit=2, max_new_tokens=CAP, progress=False)
+
+
+def test_shuffled_control_asks_about_another_image_of_the_same_benchmark(model, suite, tmp_path, monkeypatch):
+    from alignkd.eval.registry import get_benchmark
+    from alignkd.eval.run import shuffled_images
+    from alignkd.runtime import generation
+
+    questions = get_benchmark("pope").load_questions(suite)
+    donors = shuffled_images(questions, "pope")
+    images = {q.image_path for q in questions}
+    assert set(donors) == images and {d.image_path for d in donors.values()} == images  # a permutation of the images
+    assert all(d.image_path != image for image, d in donors.items())  # nobody keeps its own picture
+    assert donors == shuffled_images(get_benchmark("pope").load_questions(suite), "pope")  # the file decides it
+
+    seen = []
+    real = generation.generate
+
+    def spy(backend, tokenizer, prompt, pixel_values=None, *args, **kwargs):
+        seen.append((prompt, pixel_values))
+        return real(backend, tokenizer, prompt, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    evaluate(model, ["pope"], suite, tmp_path / "seeing", limit=3, max_new_tokens=CAP, progress=False)
+    looked, seen[:] = list(seen), []
+    result = evaluate(model, ["pope"], suite, tmp_path / "shuffled", limit=3, max_new_tokens=CAP, progress=False, shuffled=True)
+    for (prompt, pixels), (prompt_seen, pixels_seen), q in zip(seen, looked, questions):
+        assert prompt == prompt_seen  # same question, other picture
+        assert not torch.equal(pixels, pixels_seen)
+    assert result["shuffled"] and result["model_id"] == "checkpoint+shuffled"
+    assert "shuffled-image control" in format_table(result)
+    with pytest.raises(AlignKDError, match="two separate controls"):
+        evaluate(model, ["pope"], suite, tmp_path / "both", limit=1, progress=False, blind=True, shuffled=True)
+    with pytest.raises(AlignKDError, match="needs at least 2 distinct images"):
+        shuffled_images(questions[:1], "pope")
 
 
 def test_cli_blind_flag_uses_its_own_default_folder(model, suite, tmp_path):
