@@ -6,15 +6,22 @@ from alignkd.quickstart import QuickstartConfig, format_summary, quickstart
 
 
 def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
-    cfg = QuickstartConfig(train_images=24, eval_questions=4, vision_steps=2, vision_scenes=16, teacher_steps=2,
-                           student_steps=2, batch_size=4, exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4, blind=("teacher",))
+    # eval_questions=20: POPE then has 2 images, the fewest the shuffled-image control can swap
+    cfg = QuickstartConfig(train_images=24, eval_questions=20, vision_steps=2, vision_scenes=16, teacher_steps=2,
+                           student_steps=2, batch_size=4, exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4,
+                           blind=("teacher",), shuffled=("teacher",))
     summary = quickstart(tmp_path, cfg)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["verdict"] == summary["verdict"] and "Align-KD" in summary["verdict"]
-    assert set(summary["accuracy"]) == {"untrained student", "teacher", "teacher, images blanked", "student CE-only",
-                                        "student Align-KD", "Align-KD onnx-fp32"}
-    blind_answers = tmp_path / "eval" / "teacher_blind" / "gqa.jsonl"
-    assert {json.loads(line)["model_id"] for line in blind_answers.read_text().splitlines()} == {"student+blind"}
+    assert set(summary["accuracy"]) == {"untrained student", "teacher", "teacher, images blanked", "teacher, images shuffled",
+                                        "student CE-only", "student Align-KD", "Align-KD onnx-fp32"}
+    for control in ("blind", "shuffled"):
+        answers = tmp_path / "eval" / f"teacher_{control}" / "gqa.jsonl"
+        assert {json.loads(line)["model_id"] for line in answers.read_text().splitlines()} == {f"student+{control}"}
+    looking = summary["looking"]["teacher"]
+    assert looking["own_images"] == summary["accuracy"]["teacher"]["average"]
+    assert looking["shuffled_images"] == summary["accuracy"]["teacher, images shuffled"]["average"]
+    assert set(summary["looking"]) == {"teacher"} and "what looking at the image is worth" in format_summary(summary)
     for name, ev in summary["accuracy"].items():
         assert set(ev["table"]) == {"GQA", "SQA-IMG", "TextVQA", "MME-P", "MMBench", "POPE"}, name
         assert ev["average"] is not None
@@ -35,17 +42,19 @@ def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
     from alignkd.errors import AlignKDError
 
     (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig().sizes()))
-    with pytest.raises(AlignKDError, match="teacher_steps: 300 there, 900 asked") as err:
+    with pytest.raises(AlignKDError, match="teacher_steps: 1500 there, 900 asked") as err:
         quickstart(tmp_path, QuickstartConfig(teacher_steps=900))
     assert "another --out" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.json"]  # nothing started
 
 
-def test_blind_control_names_a_known_model(tmp_path):
+def test_controls_name_a_known_model(tmp_path):
     import pytest
 
     from alignkd.errors import AlignKDError
 
     with pytest.raises(AlignKDError, match="blind control asked for \\['the teacher'\\]"):
         quickstart(tmp_path / "out", QuickstartConfig(blind=("the teacher",)))
+    with pytest.raises(AlignKDError, match="shuffled control asked for \\['CE'\\]"):
+        quickstart(tmp_path / "out", QuickstartConfig(shuffled=("CE",)))
     assert not (tmp_path / "out").exists()  # refused before anything was written
