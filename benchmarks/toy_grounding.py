@@ -6,7 +6,9 @@ the synthetic world, with the recipe's optimizer settings (AdamW, grad-norm clip
 reports the held-out accuracy of the answer's first token every `--eval-every` steps next to the
 majority-answer baseline (what a model that ignores the image gets). Questions: `color` ("What color is the
 {shape}?"; with --objects 1 the colour of the only object) and `exist` ("Is there a {color} {shape} in the
-image?", half yes, half no: the POPE question).
+image?", half yes, half no: the POPE question). `--scene-as-text` gives the same model the scene as a line of
+text instead of the image ("Scene: red circle, blue square."; no image at all), which isolates the language
+model: if the text form is as slow to learn as the image form, the vision side is not what holds it back.
 
 Prints one JSON object: settings, `majority_acc`, `curve` ([{step, val_loss, acc, seconds}]).
 
@@ -15,6 +17,7 @@ Prints one JSON object: settings, `majority_acc`, `curve` ([{step, val_loss, acc
     python benchmarks/toy_grounding.py --objects 1 --question color --steps 200 --frozen-vision
     python benchmarks/toy_grounding.py --objects 3 --question exist --steps 300 --frozen-vision \
         --vision-from runs/quickstart/vision/checkpoint          # the quickstart's pre-trained toy CLIP
+    python benchmarks/toy_grounding.py --objects 3 --question exist --steps 600 --scene-as-text
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--frozen-vision", action="store_true", help="keep the CLIP fixed (only projector + LLM learn)")
     ap.add_argument("--vision-from", default=None, help="checkpoint whose toy CLIP to start from, e.g. the OUT/checkpoint of "
                     "`alignkd data pretrain-vision` (default: random init)")
+    ap.add_argument("--scene-as-text", action="store_true", help="state the scene's objects in the prompt instead of "
+                    "showing the image (the language model alone)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -83,6 +88,11 @@ def main(argv=None) -> dict:
     def sample(rng: random.Random):
         scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
         question, answer = _question(rng, scene, args.question)
+        if args.scene_as_text:
+            listed = ", ".join(f"{o['color']} {o['shape']}" for o in scene["objects"])
+            turns = [{"from": "human", "value": f"Scene: {listed}.\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
+            ex = tokenize_conversation(turns, "v1", tok, has_image=False)
+            return Example(answer, ex.input_ids, ex.labels, None)
         turns = [{"from": "human", "value": f"<image>\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
         ex = tokenize_conversation(turns, "v1", tok, has_image=True)
         return Example(answer, ex.input_ids, ex.labels, processor([render_scene(scene)]))
@@ -91,7 +101,7 @@ def main(argv=None) -> dict:
 
     def batch(examples):
         b = collate(examples)
-        return {k: b[k] for k in ("input_ids", "labels", "attention_mask", "images")}
+        return {k: b[k] for k in ("input_ids", "labels", "attention_mask", "images") if b.get(k) is not None}
 
     val = [sample(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)]
     majority = Counter(ex.id for ex in val).most_common(1)[0][1] / len(val)  # Example.id holds the answer here

@@ -23,6 +23,13 @@ def test_toy_grounding_probe_runs_and_reports_a_curve(capsys):
     assert '"curve"' in capsys.readouterr().out  # one JSON object on stdout
 
 
+def test_toy_grounding_probe_with_the_scene_as_text_has_no_image():
+    result = _load("toy_grounding").main(["--steps", "2", "--val", "6", "--eval-every", "2", "--question", "exist",
+                                          "--objects", "2", "--scene-as-text"])
+    assert result["scene_as_text"] and [point["step"] for point in result["curve"]] == [0, 2]
+    assert result["curve"][1]["val_loss"] < result["curve"][0]["val_loss"]
+
+
 def test_toy_clip_patch_benchmark_runs_per_patch_size(capsys):
     result = _load("toy_clip_patch").main(["--patch", "8", "--steps", "2", "--scenes", "8", "--val", "6",
                                            "--eval-every", "1"])
