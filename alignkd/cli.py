@@ -241,7 +241,7 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
     seed: int = typer.Option(0, "--seed"),
     vision_steps: int = typer.Option(1500, "--vision-steps", min=1, help="Pre-training steps of the toy CLIP (batch 32; ~0.07 s each on 2 cores)."),
-    teacher_steps: int = typer.Option(1500, "--teacher-steps", min=1, help="Optimizer steps of the toy teacher (batch 8; ~0.25 s each on 2 cores)."),
+    teacher_steps: int = typer.Option(1000, "--teacher-steps", min=1, help="Optimizer steps of the toy teacher (batch 8; ~0.25 s each on 2 cores)."),
     student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
     blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "
                                "(question-only control: how much of each score is language prior)."),

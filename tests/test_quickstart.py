@@ -22,6 +22,8 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     assert looking["own_images"] == summary["accuracy"]["teacher"]["average"]
     assert looking["shuffled_images"] == summary["accuracy"]["teacher, images shuffled"]["average"]
     assert set(summary["looking"]) == {"teacher"} and "what looking at the image is worth" in format_summary(summary)
+    assert 0 <= looking["answers_changed"] <= looking["questions"] and looking["questions"] > 100  # all six benchmarks
+    assert "their answers differ on" in summary["verdict"]
     for name, ev in summary["accuracy"].items():
         assert set(ev["table"]) == {"GQA", "SQA-IMG", "TextVQA", "MME-P", "MMBench", "POPE"}, name
         assert ev["average"] is not None
@@ -42,7 +44,7 @@ def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
     from alignkd.errors import AlignKDError
 
     (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig().sizes()))
-    with pytest.raises(AlignKDError, match="teacher_steps: 1500 there, 900 asked") as err:
+    with pytest.raises(AlignKDError, match="teacher_steps: 1000 there, 900 asked") as err:
         quickstart(tmp_path, QuickstartConfig(teacher_steps=900))
     assert "another --out" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.json"]  # nothing started
