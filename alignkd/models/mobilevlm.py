@@ -285,7 +285,7 @@ def synth_clip() -> CLIPVisionConfig:
 
 # The toy presets' LDPv2 pools the 12x12 grid to 3x3: one image token per cell of the synthetic scenes' 3x3
 # layout, the cell means the toy CLIP is pre-trained to read. 9 image tokens instead of 144 halve the
-# teacher's step time and cut evaluation ~10x on 2 cores (docs/quickstart.md). The official 24x24 -> 12x12
+# teacher's step time on 2 cores (docs/quickstart.md). The official 24x24 -> 12x12
 # pool stays covered by the official tiny fixture (`mobilevlm_tiny`) and the real presets.
 SYNTH_POOLED_GRID = 3
 
