@@ -49,6 +49,22 @@ def calls(monkeypatch):
 
 
 @pytest.fixture
+def seen(monkeypatch):
+    """(prompt, pixel values) of every generate() call, to see what a control really fed the model."""
+    from alignkd.runtime import generation
+
+    inputs = []
+    real = generation.generate
+
+    def spy(backend, tokenizer, prompt, pixel_values=None, *args, **kwargs):
+        inputs.append((prompt, pixel_values))
+        return real(backend, tokenizer, prompt, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    return inputs
+
+
+@pytest.fixture
 def no_load(monkeypatch):
     """Fails the test if the model is loaded: bad input must be caught before."""
     from alignkd.runtime import generation
@@ -161,17 +177,7 @@ def test_compare_same_model_has_no_drift(model, suite, tmp_path):
     assert eval_run.paper_row({})["average"] is None
 
 
-def test_blind_control_blanks_every_image_and_keeps_the_prompt(model, suite, tmp_path, monkeypatch):
-    from alignkd.runtime import generation
-
-    seen = []
-    real = generation.generate
-
-    def spy(backend, tokenizer, prompt, pixel_values=None, *args, **kwargs):
-        seen.append((prompt, pixel_values))
-        return real(backend, tokenizer, prompt, pixel_values, *args, **kwargs)
-
-    monkeypatch.setattr(generation, "generate", spy)
+def test_blind_control_blanks_every_image_and_keeps_the_prompt(model, suite, tmp_path, seen):
     seeing = evaluate(model, ["gqa", "pope"], suite, tmp_path / "seeing", limit=2, max_new_tokens=CAP, progress=False)
     looked, seen[:] = list(seen), []
     blind = evaluate(model, ["gqa", "pope"], suite, tmp_path / "blind", limit=2, max_new_tokens=CAP, progress=False,
@@ -187,10 +193,9 @@ def test_blind_control_blanks_every_image_and_keeps_the_prompt(model, suite, tmp
         evaluate(model, ["gqa"], suite, tmp_path / "blind", limit=2, max_new_tokens=CAP, progress=False)
 
 
-def test_shuffled_control_asks_about_another_image_of_the_same_benchmark(model, suite, tmp_path, monkeypatch):
+def test_shuffled_control_asks_about_another_image_of_the_same_benchmark(model, suite, tmp_path, seen):
     from alignkd.eval.registry import get_benchmark
     from alignkd.eval.run import shuffled_images
-    from alignkd.runtime import generation
 
     questions = get_benchmark("pope").load_questions(suite)
     donors = shuffled_images(questions, "pope")
@@ -199,18 +204,11 @@ def test_shuffled_control_asks_about_another_image_of_the_same_benchmark(model, 
     assert all(d.image_path != image for image, d in donors.items())  # nobody keeps its own picture
     assert donors == shuffled_images(get_benchmark("pope").load_questions(suite), "pope")  # the file decides it
 
-    seen = []
-    real = generation.generate
-
-    def spy(backend, tokenizer, prompt, pixel_values=None, *args, **kwargs):
-        seen.append((prompt, pixel_values))
-        return real(backend, tokenizer, prompt, pixel_values, *args, **kwargs)
-
-    monkeypatch.setattr(generation, "generate", spy)
     evaluate(model, ["pope"], suite, tmp_path / "seeing", limit=3, max_new_tokens=CAP, progress=False)
     looked, seen[:] = list(seen), []
     result = evaluate(model, ["pope"], suite, tmp_path / "shuffled", limit=3, max_new_tokens=CAP, progress=False, shuffled=True)
-    for (prompt, pixels), (prompt_seen, pixels_seen), q in zip(seen, looked, questions):
+    assert len(seen) == len(looked) == 3
+    for (prompt, pixels), (prompt_seen, pixels_seen) in zip(seen, looked):
         assert prompt == prompt_seen  # same question, other picture
         assert not torch.equal(pixels, pixels_seen)
     assert result["shuffled"] and result["model_id"] == "checkpoint+shuffled"
