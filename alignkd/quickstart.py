@@ -233,11 +233,11 @@ def _profile(model: Path, plot: Path, cfg: QuickstartConfig) -> dict:
 
 def _differing(a: dict, b: dict, benches) -> tuple[int, int]:
     """(answers that differ, questions compared) between two evaluations' answer files, over all benchmarks."""
-    from alignkd.eval.run import _agreement
+    from alignkd.eval.run import answer_agreement
 
     same = n = 0
     for bench in benches:
-        s, k = _agreement(str(Path(a["answers"]) / f"{bench}.jsonl"), str(Path(b["answers"]) / f"{bench}.jsonl"))
+        s, k = answer_agreement(str(Path(a["answers"]) / f"{bench}.jsonl"), str(Path(b["answers"]) / f"{bench}.jsonl"))
         same, n = same + s, n + k
     return n - same, n
 

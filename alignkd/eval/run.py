@@ -248,7 +248,7 @@ def format_table(result: dict) -> str:
     return _render(table) + "\n".join(notes) + "\n"
 
 
-def _agreement(a_file: str, b_file: str) -> tuple[int, int]:
+def answer_agreement(a_file: str, b_file: str) -> tuple[int, int]:
     """(identical answers, answers compared) over the questions both files answer."""
     by_key: dict[tuple, list[str]] = {}
     for record in read_answers(a_file):
@@ -275,7 +275,7 @@ def compare(bundle, reference_checkpoint, benches: list[str], data_dir, out_dir,
     rows = {}
     for name in ref["benchmarks"]:
         r, b = ref["benchmarks"][name], exp["benchmarks"][name]
-        same, n = _agreement(r["answers_file"], b["answers_file"])
+        same, n = answer_agreement(r["answers_file"], b["answers_file"])
         rows[name] = {"metric": r["headline"], "reference": r["value"], "bundle": b["value"],
                       "drift": b["value"] - r["value"], "agreement": same / n if n else None, "n_compared": n}
     return {"bundle": exp, "reference": ref, "benchmarks": rows, "partial": ref["partial"] or exp["partial"]}
