@@ -280,7 +280,7 @@ def eval_run(
     model: Path = typer.Argument(..., help="Checkpoint folder or exported bundle."),
     bench: str = BENCH_OPT,
     data: Path = typer.Option(..., "--data", help="Benchmark suite folder (LLaVA's playground/data/eval layout)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where the answer files go (default: runs/eval/PARENT-NAME of the model). Re-running resumes."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the answer files go (default: runs/eval/PARENT-NAME of the model). Re-running with the same model and settings resumes."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N questions per benchmark (a partial result)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Cap the benchmark's own budget (smoke runs; not comparable with papers)."),
     dtype: DType = typer.Option(DType.float32, "--dtype"),
@@ -288,6 +288,7 @@ def eval_run(
                                "what is left is the language prior. Answers are tagged MODEL+blind; use its own --out folder."),
     shuffled: bool = typer.Option(False, "--shuffled", help="Does the model look? Ask every question about another image of the "
                                   "same benchmark; a model that reads its image loses what it gained from it. Tagged MODEL+shuffled."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the answers already in --out (another model or settings) and start afresh."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate answers with each benchmark's official prompt and settings, write LLaVA answer files, score."""
@@ -296,7 +297,7 @@ def eval_run(
 
         out = out or _default_out(model, "blind-" if blind else "shuffled-" if shuffled else "")
         result = evaluate(model, _benches(bench), data, out, limit=limit, dtype=dtype.value, max_new_tokens=max_new_tokens,
-                          progress=not as_json, blind=blind, shuffled=shuffled)
+                          progress=not as_json, blind=blind, shuffled=shuffled, overwrite=overwrite)
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else format_table(result))
@@ -311,6 +312,7 @@ def eval_compare(
     out: Optional[Path] = typer.Option(None, "--out", help="Default: runs/eval/compare-PARENT-NAME of the bundle."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the answers already in --out (other models or settings) and start afresh."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Accuracy drift of an exported bundle against its source checkpoint, per benchmark, plus answer agreement."""
@@ -318,7 +320,8 @@ def eval_compare(
         from alignkd.eval.run import compare, format_compare
 
         out = out or _default_out(bundle, "compare-")
-        result = compare(bundle, reference, _benches(bench), data, out, limit, max_new_tokens=max_new_tokens, progress=not as_json)
+        result = compare(bundle, reference, _benches(bench), data, out, limit, max_new_tokens=max_new_tokens, progress=not as_json,
+                         overwrite=overwrite)
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else format_compare(result))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import ANSWER_KEYS, Question, answer_record, read_answers
+from alignkd.eval.provenance import check_writable, claim_folder, generation_key
 from alignkd.eval.registry import get_benchmark
 
 # The paper's columns (Align-KD / MobileVLM tables), benchmark name -> label.
@@ -151,9 +152,16 @@ def _progress(enabled: bool):
                     console=Console(stderr=True), disable=not enabled)
 
 
+def _claim(model_path, out_dir: Path, overwrite: bool, **settings) -> None:
+    """Check `out_dir` is writable and holds no answers of another model or settings, before the model load."""
+    answer_files = [out_dir / f"{name}.jsonl" for name in COLUMNS]  # all of them: --overwrite leaves none of the old run
+    check_writable(out_dir, answer_files)
+    claim_folder(out_dir, generation_key(model_path, **settings), answer_files, overwrite=overwrite)
+
+
 def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | None = None, model_id: str | None = None,
              dtype: str = "float32", max_new_tokens: int | None = None, progress: bool = True, blind: bool = False,
-             shuffled: bool = False) -> dict:
+             shuffled: bool = False, overwrite: bool = False) -> dict:
     """Answer, write and score `benches` with the model at `model_path`; see the module docstring.
 
     `limit` answers the first N questions of each benchmark (scored as a partial result); `max_new_tokens`
@@ -161,7 +169,8 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
     `blind` blanks every image (the question-only control); its answers carry the model id + "+blind", so
     they never mix with the model's real answers in one folder. `shuffled` asks every question about another
     image of its benchmark (`shuffled_images`; model id + "+shuffled"): the control that shows whether the
-    model looks.
+    model looks. Answers already in `out_dir` are reused only when its `eval-key.json` names the same model
+    and settings (`alignkd.eval.provenance`); otherwise this refuses, or with `overwrite` deletes them first.
     """
     from alignkd.data.image import ImageProcessor
     from alignkd.runtime.generation import load_model
@@ -171,7 +180,7 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
         raise AlignKDError("blind and shuffled are two separate controls; run them one at a time, each into its own --out.")
     model_id = (model_id or Path(model_path).resolve().name) + ("+blind" if blind else "+shuffled" if shuffled else "")
     plan = _prepare(benches, data_dir, limit)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim(model_path, out_dir, overwrite, dtype=dtype, max_new_tokens=max_new_tokens, blind=blind, shuffled=shuffled)
     todo = {}
     for name, (bm, every, questions) in plan.items():  # check existing answer files before paying for the load
         todo[name] = _todo(questions, _read_done(out_dir / f"{name}.jsonl", every, model_id))
@@ -263,12 +272,16 @@ def answer_agreement(a_file: str, b_file: str) -> tuple[int, int]:
 
 
 def compare(bundle, reference_checkpoint, benches: list[str], data_dir, out_dir, limit: int | None = None, *,
-            max_new_tokens: int | None = None, dtype: str = "float32", progress: bool = True) -> dict:
+            max_new_tokens: int | None = None, dtype: str = "float32", progress: bool = True, overwrite: bool = False) -> dict:
     """Accuracy drift (bundle - reference, headline metric) and answer agreement per benchmark.
 
-    Answers go to `out_dir/bundle/` and `out_dir/reference/`; existing answer files there are reused (resumed).
+    Answers go to `out_dir/bundle/` and `out_dir/reference/`; existing answer files there are reused (resumed)
+    when they come from the same models and settings. Both folders are checked before either model runs.
     """
     out_dir = Path(out_dir)
+    _prepare(benches, Path(data_dir), limit)
+    for model, sub, kind_dtype in ((reference_checkpoint, "reference", dtype), (bundle, "bundle", "float32")):
+        _claim(model, out_dir / sub, overwrite, dtype=kind_dtype, max_new_tokens=max_new_tokens, blind=False, shuffled=False)
     kw = dict(limit=limit, max_new_tokens=max_new_tokens, progress=progress)
     ref = evaluate(reference_checkpoint, benches, data_dir, out_dir / "reference", dtype=dtype, **kw)
     exp = evaluate(bundle, benches, data_dir, out_dir / "bundle", **kw)

@@ -14,3 +14,14 @@ def answers():
         return [answer_record(q, t, "test-model") for q, t in zip(questions, texts)]
 
     return build
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fails the test if the model is loaded: bad input must be caught before."""
+    from alignkd.runtime import generation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model was called")
+
+    monkeypatch.setattr(generation, "load_model", refuse)
