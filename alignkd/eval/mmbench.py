@@ -10,12 +10,17 @@ options, each with its own answer letter. Rows are grouped by `index % 1e6`; a q
 if the option extracted from *every* row of its group equals that row's answer. Overall accuracy is
 the hit rate over main rows (index < 1e6), also per `category` and `l2-category`.
 
-Option extraction is the offline part of MMBench's evaluator (lmms-eval
-`mmbench_evals.py::MMBench_Evaluator.can_infer`, OpenCompass's original MMBench script): exactly one
-bare letter A-E among the whitespace tokens (unless "A" is a token of a >3-token answer, where "A" may
-be an article), else exactly one of the forms "X." "X," "X:" "X)" "X)." "(X)" "(X)." ":X" ":X," ":X."
-":X)" ":X).", else exactly one option text contained in the answer (case-insensitive). Where those
-fail the reference asks a GPT judge; offline, as VLMEvalKit's `exact_matching`, the row counts wrong.
+Option extraction reproduces VLMEvalKit's `exact_matching` route (open-compass/VLMEvalKit @ e8e78f05,
+`vlmeval/utils/matching_util.py::can_infer` as called by `dataset/utils/multiple_choice.py`, VERBOSE unset),
+the offline route of the toolkit that scores MMBench for the OpenCompass leaderboard: the characters
+`.()[],:;!*#{}` become spaces; if exactly one of the row's option letters is a token and it is among the
+last four tokens, that letter ("The answer is A" -> A; the article of "A cat is on the mat" is too far from
+the end to count); a refusal phrase or a bare "Z" token is option Z (never right); else a case-insensitive
+"(correct) answer is X" names X (so "The answer is a dog" reads as A, as in the reference); else exactly one
+option text contained in an answer at most twice as long as the option texts together. What is left would
+go to MMBench's GPT judge; offline, as `exact_matching`, the row counts wrong. (lmms-eval's offline
+`can_infer` instead rejects every answer with an "A" token and more than three tokens, so it does not read
+"The answer is A" as A without its judge.)
 
     python -m pytest tests/eval/test_mmbench.py -q
 """
@@ -23,9 +28,11 @@ fail the reference asks a GPT judge; offline, as VLMEvalKit's `exact_matching`, 
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 from alignkd.errors import AlignKDError
 from alignkd.eval.common import (
@@ -47,6 +54,14 @@ _ORIGIN = (
 OPTION_LETTERS = ("A", "B", "C", "D")
 CIRCULAR_OFFSET = 1_000_000
 REQUIRED_COLUMNS = ("index", "question", "answer", "image", *OPTION_LETTERS)
+
+# VLMEvalKit's matcher (vlmeval/utils/matching_util.py): phrases that mean the model refused (scored as
+# option "Z", never right), the characters read as spaces, and its "answer is X" fallback.
+REFUSED = "Z"
+_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+             "I'm sorry, but without the image provided", "Cannot determine the answer")
+_TO_SPACE = str.maketrans(".()[],:;!*#{}", " " * 13)
+_ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 # pandas.read_table turns these cells into NaN; LLaVA's is_none() also treats 'nan'/'none' in any
 # case as missing. An option spelled "None" therefore ends the option list, as it does in LLaVA.
@@ -118,41 +133,43 @@ def load_questions(data_dir: Path | str) -> list[Question]:
     return [_question(row) for row in read_rows(data_dir)]
 
 
-def infer_option(answer: str) -> str | None:
-    """The letter-pattern half of the offline extraction; None when it finds no single letter."""
+def infer_option(answer: str, letters: Iterable[str] = OPTION_LETTERS) -> str | None:
+    """The letter half of VLMEvalKit's `can_infer_option`: the option letter `answer` names, `REFUSED` for a
+    refusal, None when no single letter is found. `letters` are the row's options (VLMEvalKit's `choices`)."""
     if "Failed to obtain answer via API" in answer:
         return None
-    letters = "ABCDE"  # the reference always passes num_choice=5
-    splits = [x.strip() for x in answer.split()]
-
-    def count(prefix: str = "", suffix: str = "") -> int:
-        return sum(1 for c in letters if prefix + c + suffix in splits)
-
-    if count() == 1 and not ("A" in splits and len(splits) > 3):
-        for c in letters:
-            if c in splits:
-                return c
-    for prefix, suffix in (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."),
-                           (":", ""), (":", ","), (":", "."), (":", ")"), (":", ").")):  # fmt: skip
-        if count(prefix, suffix) == 1:
-            for c in letters:
-                if prefix + c + suffix in splits:
-                    return c
+    if any(phrase in answer for phrase in _REFUSALS):
+        return REFUSED
+    tokens = answer.translate(_TO_SPACE).split()
+    present = [c for c in letters if c in tokens]
+    if len(present) == 1:
+        # Only a letter among the last four tokens counts: "The answer is A" is A, while the article
+        # that opens "A cat is on the mat" is not (a 4-token "A cat is sitting" is, as in the reference).
+        if tokens.index(present[0]) > len(tokens) - 5:
+            return present[0]
+    elif not present and REFUSED in tokens:
+        return REFUSED
+    match = _ANSWER_IS.search(answer)
+    if match and match.group(1).upper() in letters:
+        return match.group(1).upper()
     return None
 
 
 def infer_text(answer: str, choices: dict[str, str]) -> str | None:
-    """The option-text half: the single option whose text occurs in the answer."""
+    """The option-text half (`can_infer_text`): the single option whose text occurs in the answer, if the
+    answer is at most twice as long as all option texts together."""
     answer = answer.lower()
+    if len(answer) > 2 * sum(len(str(v)) for v in choices.values()):
+        return None
     found = [k for k, v in choices.items() if str(v).lower() in answer]
     return found[0] if len(found) == 1 else None
 
 
 def extract_choice(answer: str, row: dict) -> str | None:
-    """Letter chosen by `answer` for `row`, or None where MMBench would need its GPT judge."""
+    """Letter chosen by `answer` for `row` (`REFUSED` for a refusal), or None where MMBench would need its judge."""
     # build_choices takes every present option, even after a gap (unlike the prompt's get_options).
     choices = {c: row[c] for c in OPTION_LETTERS if row[c] is not None}
-    return infer_option(str(answer)) or infer_text(str(answer), choices)
+    return infer_option(str(answer), choices) or infer_text(str(answer), choices)
 
 
 def score(data_dir: Path | str, predictions: list[dict], *, allow_missing: bool = False, source: str = "predictions") -> dict:

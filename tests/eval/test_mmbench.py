@@ -64,14 +64,23 @@ def test_prompts_as_model_vqa_mmbench_builds_them(data):
         ("B", "B"),
         ("B.", "B"),
         ("(C).", "C"),
+        ("**D**", "D"),
         ("The answer is D", "D"),
-        ("E", "E"),  # the reference always allows A-E
+        ("The answer is A", "A"),  # a letter at the end of a long answer is the choice (VLMEvalKit, MMBench's judge)
+        ("The answer is A.", "A"),
+        ("I think the answer is A, the red one", "A"),  # among the last four tokens
+        ("A cat is on the mat", None),  # "A" opening a longer sentence is an article, not option A
+        ("A cat is sitting", "A"),  # ... but in four tokens it is within the reference's window
+        ("a cat", None),  # lower case is never an option letter
+        ("E", None),  # only the row's own options A-D count
         ("A B", None),
-        ("A cat is sitting", None),  # "A" may be an article in a >3-token answer
+        ("The correct answer is **b** here, see above", "B"),  # the reference's "answer is X" fallback
+        ("Cannot determine the answer", "Z"),  # a refusal: option Z, never right
+        ("Z", "Z"),
         ("Failed to obtain answer via API", None),
     ],
 )
-def test_infer_option(text, letter):
+def test_infer_option_as_vlmevalkit(text, letter):
     assert mmbench.infer_option(text) == letter
 
 
@@ -79,6 +88,18 @@ def test_option_text_fallback():
     row = {"A": "apple", "B": "banana", "C": "cherry", "D": None}
     assert mmbench.extract_choice("It is a Banana", row) == "B"
     assert mmbench.extract_choice("apple or banana", row) is None
+    assert mmbench.extract_choice("A cat is on the mat, next to a banana", row) is None  # too long for text matching
+    assert mmbench.extract_choice("The answer is A", row) == "A"
+    assert mmbench.extract_choice("D", row) is None  # D is no option of this row
+
+
+def test_the_answer_is_a_scores_as_a(data, answers):
+    qs = [q for q in mmbench.load_questions(data) if q.question_id % mmbench.CIRCULAR_OFFSET == 1]
+    rows = {r["index"]: r for r in mmbench.read_rows(data)}
+    texts = [f"The answer is {rows[q.question_id]['answer']}" for q in qs]
+    assert "The answer is A" in texts
+    result = mmbench.score(data, answers(qs, texts), allow_missing=True)
+    assert result["circular_accuracy"] == 100.0 and result["n_rows_unmatched"] == 0
 
 
 def test_circular_eval_by_hand(data, answers):
