@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark readers: the `Question` type, LLaVA answer files, input checks.
 
 Every benchmark module (gqa, sqa, textvqa, mme, mmbench, pope) reads the official files of
-LLaVA's `playground/data/eval/` layout (see notes/layout.md) into `Question`s, and scores a list
+LLaVA's `playground/data/eval/` layout (see docs/benchmark-layout.md) into `Question`s, and scores a list
 of answer-file records (LLaVA's `model_vqa_*.py` JSONL) exactly as the reference scripts do.
 No torch here: `alignkd --help` and scoring stay fast.
 
@@ -67,7 +67,7 @@ class Question:
             if not self.image_path.is_file():
                 raise AlignKDError(
                     f"{self.image_path} not found: question {self.question_id} needs it; "
-                    "unpack the benchmark's images where notes/layout.md puts them."
+                    "unpack the benchmark's images where docs/benchmark-layout.md puts them."
                 )
             source, where = self.image_path, str(self.image_path)
         else:
@@ -103,7 +103,7 @@ def require_file(path: Path, benchmark: str, origin: str) -> Path:
     if not path.is_file():
         raise AlignKDError(
             f"{path} not found: {benchmark} needs it; get it from {origin} and unpack it in LLaVA's "
-            "playground/data/eval layout (notes/layout.md), or generate a synthetic suite with `alignkd data synth`."
+            "playground/data/eval layout (docs/benchmark-layout.md), or generate a synthetic suite with `alignkd data synth`."
         )
     return path
 
@@ -112,7 +112,7 @@ def require_dir(path: Path, benchmark: str, origin: str) -> Path:
     if not path.is_dir():
         raise AlignKDError(
             f"{path} not found: {benchmark} needs this folder; get it from {origin} and unpack it in LLaVA's "
-            "playground/data/eval layout (notes/layout.md)."
+            "playground/data/eval layout (docs/benchmark-layout.md)."
         )
     return path
 
@@ -248,7 +248,7 @@ def pair_predictions(
     if unanswered and not allow_missing:
         raise AlignKDError(
             f"{source}: {len(unanswered)} of {len(questions)} question(s) have no prediction "
-            f"(question_id {_preview(unanswered)}); finish generation, or pass allow_missing=True to score only the answered ones."
+            f"(question_id {_preview(unanswered)}); finish generation, or pass --allow-missing (allow_missing=True from Python) to score only the answered ones."
         )
     return pairs
 
