@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -175,17 +176,23 @@ def write_eval(root: Path, config: SynthConfig) -> tuple[dict, EvalSink]:
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise AlignKDError(f"{out_dir} exists and is not a folder; pass a folder path for the synthetic world.")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise AlignKDError(f"{out_dir} exists already and is not empty; choose a new folder or pass "
-                               f"overwrite=True (--overwrite) to replace the synthetic world in it.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise AlignKDError(f"{out_dir} exists already and is not empty; choose a new folder or pass "
+                           f"overwrite=True (--overwrite) to replace the synthetic world in it.")
+    try:
+        # Prove the folder is writable before anything is drawn, so a read-only place is one sentence.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
         # Only what synthesize writes is removed; anything else the user keeps there stays.
-        for name in OUTPUTS:
+        for name in OUTPUTS if overwrite else ():
             path = out_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+    except OSError as err:
+        raise AlignKDError(f"cannot write to {out_dir} ({err.strerror or err}); pass an --out folder you can write to.") from None
 
 
 def synthesize(out_dir: Path, config: SynthConfig | None = None, *, overwrite: bool = False) -> dict:

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -109,6 +110,47 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path):
     assert str(out) in str(err.value) and "overwrite" in str(err.value)
     synthesize(out, TINY, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine" and (out / "world.json").is_file()
+
+
+@pytest.fixture
+def unwritable(tmp_path, monkeypatch) -> Path:
+    """A folder path where creating anything fails with PermissionError (root ignores chmod, so simulate it)."""
+    locked = tmp_path / "locked"
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    return locked / "world"
+
+
+def test_unwritable_out_is_one_sentence(unwritable):
+    with pytest.raises(AlignKDError, match=f"cannot write to {unwritable} \\(Permission denied\\); pass an --out folder"):
+        synthesize(unwritable, TINY)
+
+
+def test_cli_unwritable_out_is_one_line(unwritable):
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    result = CliRunner().invoke(app, ["data", "synth", "--out", str(unwritable), "--preset", "tiny"])
+    assert result.exit_code == 2 and "error: cannot write to" in result.output and result.exception.__class__ is SystemExit
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder(tmp_path):
+    out = tmp_path / "world"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(AlignKDError, match="cannot write to"):
+            synthesize(out, TINY)
+    finally:
+        out.chmod(0o700)
 
 
 def test_config_errors_are_user_errors():
