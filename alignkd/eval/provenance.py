@@ -140,7 +140,7 @@ def check_writable(folder: Path, files=()) -> None:
                 with open(file, "ab"):
                     pass
     except OSError as err:
-        raise AlignKDError(f"cannot write to {folder} ({err.strerror or err}); pass an --out folder you can write to.") from None
+        raise _cannot_write(folder, err) from None
 
 
 def claim_folder(out_dir: Path, key: dict, answer_files: list[Path], *, overwrite: bool) -> None:
@@ -153,11 +153,13 @@ def claim_folder(out_dir: Path, key: dict, answer_files: list[Path], *, overwrit
         try:
             old = json.loads(key_path.read_text(encoding="utf-8"))
         except ValueError:
+            old = None
+        if not isinstance(old, dict):
             old = {"protocol": "unreadable"}
     if overwrite:
         for p in answer_files:
-            p.unlink(missing_ok=True)
-    elif old is not None and old != key:
+            _write(out_dir, p.unlink, missing_ok=True)
+    elif old is not None and old != key and existing:  # a key with no answers yet (killed at once) binds nothing
         raise AlignKDError(f"{out_dir} holds answers made with another {', '.join(_differences(old, key)) or 'setting'}; "
                            "pass another --out folder, or --overwrite to delete those answers and start afresh.")
     elif old is None and existing:
@@ -165,5 +167,16 @@ def claim_folder(out_dir: Path, key: dict, answer_files: list[Path], *, overwrit
                            "made them; pass another --out folder, or --overwrite to delete those answers and start afresh.")
     if old != key or overwrite:
         tmp = key_path.with_name(KEY_FILE + ".tmp")
-        tmp.write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, key_path)  # a kill never leaves a half-written key behind
+        _write(out_dir, tmp.write_text, json.dumps(key, indent=2) + "\n", encoding="utf-8")
+        _write(out_dir, os.replace, tmp, key_path)  # a kill never leaves a half-written key behind
+
+
+def _write(folder: Path, fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except OSError as err:
+        raise _cannot_write(folder, err) from None
+
+
+def _cannot_write(folder: Path, err: OSError) -> AlignKDError:
+    return AlignKDError(f"cannot write to {folder} ({err.strerror or err}); pass an --out folder you can write to.")

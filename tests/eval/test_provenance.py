@@ -96,6 +96,18 @@ def test_answers_without_a_key_are_not_trusted(model, suite, tmp_path, no_load):
     (out / "pope.jsonl").write_text('{"question_id": 1, "prompt": "?", "text": "yes", "model_id": "checkpoint"}\n')
     with pytest.raises(AlignKDError, match=f"no {KEY_FILE} saying which model"):
         evaluate(model, ["pope"], suite, out, limit=1, progress=False)
+    (out / KEY_FILE).write_text("[1, 2]")  # damaged key: not trusted either
+    with pytest.raises(AlignKDError, match="another .*answer protocol version"):
+        evaluate(model, ["pope"], suite, out, limit=1, progress=False)
+
+
+def test_a_key_without_answers_binds_nothing(model, suite, tmp_path):
+    out = tmp_path / "answers"
+    out.mkdir()
+    (out / KEY_FILE).write_text(json.dumps({"protocol": 0}))  # a run killed before its first answer
+    result = evaluate(model, ["pope"], suite, out, limit=1, max_new_tokens=CAP, progress=False)
+    assert result["benchmarks"]["pope"]["generated"] == 1
+    assert json.loads((out / KEY_FILE).read_text())["max_new_tokens_cap"] == CAP
 
 
 def test_fingerprints(model, tmp_path):
