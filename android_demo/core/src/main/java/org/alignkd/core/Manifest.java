@@ -311,6 +311,11 @@ public final class Manifest {
         return name.isEmpty() ? root.optJSONObject("model").optString("family") : name;
     }
 
+    /** The sha256 of the checkpoint the bundle was exported from (alignkd.export.manifest.checkpoint_hash). */
+    public String sourceSha256() {
+        return root.optJSONObject("source").optString("sha256");
+    }
+
     public long totalBytes() {
         long total = 0;
         for (FileEntry e : files.values()) {

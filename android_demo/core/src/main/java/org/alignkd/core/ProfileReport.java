@@ -27,7 +27,7 @@ public final class ProfileReport {
         public int decodeTokens;
         public boolean peakRssPerRound;
 
-        public Run put(String metric, double value) {
+        public Run put(String metric, Double value) {
             metrics.put(metric, value);
             return this;
         }

@@ -48,6 +48,7 @@ public class ManifestTest {
         assertEquals(122, m.image().padColour[0]);
         assertTrue(m.totalBytes() > 0);
         assertEquals("1.5.1", m.exporterVersion("executorch"));
+        assertEquals(Golden.goldenJson().getString("checkpoint_sha256"), m.sourceSha256());
     }
 
     @Test
