@@ -6,7 +6,6 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.PriorityQueue;
 
 /**
  * A SentencePiece BPE tokenizer read from tokenizer.model, for the LLaMA-style models alignkd exports (BPE,
@@ -124,80 +123,65 @@ public final class SentencePieceBpe {
         return ids;
     }
 
-    private static final class Symbol {
-        String text;
-        int prev;
-        int next;
-        boolean alive = true;
-    }
-
-    private static final class Pair {
-        final int left;
-        final int right;
-        final float score;
-        final String joined;
-
-        Pair(int left, int right, float score, String joined) {
-            this.left = left;
-            this.right = right;
-            this.score = score;
-            this.joined = joined;
-        }
-    }
-
+    /**
+     * sentencepiece's BPE merge loop on one chunk. Instead of its priority queue, each step scans the cached
+     * score of every adjacent pair and merges the best (highest score, leftmost on a tie): the same merge order,
+     * fewer moving parts, and the form the Swift core copies line for line. Prompts are short, so O(n^2) is fine.
+     */
     private void encodeChunk(String chunk, List<Integer> out) {
         String normalised = (addDummyPrefix ? SPACE : "") + chunk.replace(" ", SPACE);
-        List<Symbol> symbols = new ArrayList<>();
+        List<String> symbols = new ArrayList<>();
         for (int i = 0; i < normalised.length(); ) {
             int cp = normalised.codePointAt(i);
-            Symbol s = new Symbol();
-            s.text = new String(Character.toChars(cp));
-            s.prev = symbols.size() - 1;
-            s.next = symbols.size() + 1;
-            symbols.add(s);
+            symbols.add(new String(Character.toChars(cp)));
             i += Character.charCount(cp);
         }
-        if (symbols.isEmpty()) {
+        int n = symbols.size();
+        if (n == 0) {
             return;
         }
-        symbols.get(symbols.size() - 1).next = -1;
-        // Highest score first; on a tie the leftmost pair (sentencepiece's agenda order).
-        PriorityQueue<Pair> agenda = new PriorityQueue<>((a, b) ->
-                a.score != b.score ? Float.compare(b.score, a.score) : Integer.compare(a.left, b.left));
-        for (int i = 1; i < symbols.size(); i++) {
-            push(agenda, symbols, i - 1, i);
+        int[] next = new int[n];
+        int[] prev = new int[n];
+        float[] pairScore = new float[n];  // score of merging symbol i with next[i]; NaN when no such piece
+        for (int i = 0; i < n; i++) {
+            next[i] = i + 1 < n ? i + 1 : -1;
+            prev[i] = i - 1;
         }
-        while (!agenda.isEmpty()) {
-            Pair top = agenda.poll();
-            Symbol left = symbols.get(top.left);
-            Symbol right = symbols.get(top.right);
-            if (!left.alive || !right.alive || !(left.text + right.text).equals(top.joined)) {
-                continue;  // stale: one side was merged since this pair was queued
+        for (int i = 0; i < n; i++) {
+            pairScore[i] = score(symbols, next, i);
+        }
+        while (true) {
+            int best = -1;
+            for (int i = 0; i >= 0; i = next[i]) {
+                if (!Float.isNaN(pairScore[i]) && (best < 0 || pairScore[i] > pairScore[best])) {
+                    best = i;
+                }
             }
-            left.text = top.joined;
-            right.alive = false;
-            left.next = right.next;
-            if (right.next >= 0) {
-                symbols.get(right.next).prev = top.left;
+            if (best < 0) {
+                break;
             }
-            if (left.prev >= 0) {
-                push(agenda, symbols, left.prev, top.left);
+            int right = next[best];
+            symbols.set(best, symbols.get(best) + symbols.get(right));
+            next[best] = next[right];
+            if (next[right] >= 0) {
+                prev[next[right]] = best;
             }
-            if (left.next >= 0) {
-                push(agenda, symbols, top.left, left.next);
+            pairScore[best] = score(symbols, next, best);
+            if (prev[best] >= 0) {
+                pairScore[prev[best]] = score(symbols, next, prev[best]);
             }
         }
-        for (int i = 0; i >= 0; i = symbols.get(i).next) {
-            emit(symbols.get(i).text, out);
+        for (int i = 0; i >= 0; i = next[i]) {
+            emit(symbols.get(i), out);
         }
     }
 
-    private void push(PriorityQueue<Pair> agenda, List<Symbol> symbols, int left, int right) {
-        String joined = symbols.get(left).text + symbols.get(right).text;
-        Integer id = mergeable.get(joined);
-        if (id != null) {
-            agenda.add(new Pair(left, right, scores[id], joined));
+    private float score(List<String> symbols, int[] next, int i) {
+        if (next[i] < 0) {
+            return Float.NaN;
         }
+        Integer id = mergeable.get(symbols.get(i) + symbols.get(next[i]));
+        return id == null ? Float.NaN : scores[id];
     }
 
     private void emit(String piece, List<Integer> out) {

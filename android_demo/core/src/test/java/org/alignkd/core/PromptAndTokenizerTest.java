@@ -29,6 +29,22 @@ public class PromptAndTokenizerTest {
         }
     }
 
+    /** The official tokenizer's outputs on edge cases (spaces, newlines, specials) from the tiny fixture. */
+    @Test
+    public void encodesTheOfficialTokenizerProbes() throws Exception {
+        SentencePieceBpe tok = Golden.tokenizer();
+        JSONArray probes = new JSONObject(Golden.text(new java.io.File(Golden.root(),
+                "tests/fixtures/mobilevlm_official_tiny/expected.json"))).getJSONArray("tokenizer_probe");
+        assertTrue(probes.length() > 3);
+        for (int i = 0; i < probes.length(); i++) {
+            JSONObject probe = probes.getJSONObject(i);
+            List<Integer> ids = new java.util.ArrayList<>();
+            ids.add(tok.bosId());
+            ids.addAll(tok.encode(probe.getString("text")));
+            assertEquals("'" + probe.getString("text") + "'", Golden.ints(probe.getJSONArray("input_ids")), ids);
+        }
+    }
+
     @Test
     public void splitCutsAtThePlaceholder() throws Exception {
         PromptSpec prompt = Golden.manifest("executorch_8da4w.json").prompt();
