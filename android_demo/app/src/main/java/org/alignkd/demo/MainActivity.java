@@ -47,8 +47,9 @@ public final class MainActivity extends Activity {
 
     private final ExecutorService worker = Executors.newSingleThreadExecutor();
     private final Handler ui = new Handler(Looper.getMainLooper());
-    private EtSession session;
-    private File bundleFolder;
+    // Written on the worker thread, read on the UI thread.
+    private volatile EtSession session;
+    private volatile File bundleFolder;
     private Bitmap photo;
     private Uri cameraUri;
     private TextView bundleInfo;
