@@ -45,7 +45,7 @@ enum Benchmark {
                 run.metrics["peak_rss_mb"] = peak
             }
             run.addRates()
-            progress(String(format: "%@ %d: ttft %.3f s, decode %.1f tok/s", i < warmup ? "warm-up" : "run", i + 1,
+            progress(String(format: "%@ %ld: ttft %.3f s, decode %.1f tok/s", i < warmup ? "warm-up" : "run", i + 1,
                             t.ttftS, run.metrics["decode_tok_s"] ?? 0))
             if i >= warmup {
                 measured.append(run)

@@ -106,7 +106,7 @@ final class DemoModel: ObservableObject {
             do {
                 let opened = try await CoreMLSession(folder: url, verify: true)
                 let m = opened.manifest
-                let info = String(format: "%@ · %@ · %.1f MB · %d image tokens · context %d\nverified %d files, loaded in %.2f s",
+                let info = String(format: "%@ · %@ · %.1f MB · %ld image tokens · context %ld\nverified %ld files, loaded in %.2f s",
                                   m.modelName, m.quantDescription, m.sizeMb, m.numImageTokens, m.maxSeqLen, m.files.count,
                                   opened.loadS)
                 await MainActor.run {
@@ -135,8 +135,8 @@ final class DemoModel: ObservableObject {
                     Task { @MainActor in self.answer = text }
                 }
                 let rate = t.decodeS > 0 ? Double(max(t.generatedTokens - 1, 0)) / t.decodeS : 0
-                let line = String(format: "preprocess %.3f s · vision encode %.3f s · TTFT %.3f s\nprefill %d positions · "
-                                  + "decode %d tokens at %.1f tok/s · stop: %@", preprocessS, t.visionEncodeS, t.ttftS,
+                let line = String(format: "preprocess %.3f s · vision encode %.3f s · TTFT %.3f s\nprefill %ld positions · "
+                                  + "decode %ld tokens at %.1f tok/s · stop: %@", preprocessS, t.visionEncodeS, t.ttftS,
                                   t.prefillTokens, t.generatedTokens, rate, t.stopReason)
                 await MainActor.run { self.stats = line }
             } catch {

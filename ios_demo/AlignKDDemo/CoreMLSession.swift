@@ -203,7 +203,7 @@ struct Tensor {
         let rows = allRows - first
         var values = [Float](repeating: 0, count: rows * cols)
         // Strides are in elements; Core ML may pad rows, so never assume a contiguous layout.
-        func copy<T>(_ type: T.Type, _ convert: (T) -> Float) {
+        func copy<T: MLShapedArrayScalar>(_ type: T.Type, _ convert: (T) -> Float) {
             array.withUnsafeBufferPointer(ofType: type) { buffer in
                 for r in 0..<rows {
                     for c in 0..<cols {
