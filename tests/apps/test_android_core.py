@@ -83,14 +83,16 @@ def test_profile_prompt_resource_is_current():
 
 @pytest.mark.slow
 def test_manifest_resources_are_current(tmp_path):
-    """Re-export the tiny bundles and compare their manifests (less timings and parity figures)."""
+    """Re-export the tiny bundles and compare their manifests (less timings and parity figures, and file hashes:
+    a .mlpackage's Manifest.json holds fresh UUIDs at every export; the file names must agree)."""
     sys.path.insert(0, str(TOOLS))
     try:
         import make_manifest_fixtures as tool
     finally:
         sys.path.remove(str(TOOLS))
-    drop = ("export", "parity")
+    drop = ("export", "parity", "files")
     for name, text in tool.manifest_texts(tmp_path).items():
-        fresh = {k: v for k, v in json.loads(text).items() if k not in drop}
-        kept = {k: v for k, v in json.loads((RESOURCES / "manifests" / name).read_text()).items() if k not in drop}
-        assert fresh == kept, f"{name} is stale; run {TOOLS / 'make_manifest_fixtures.py'}"
+        fresh, kept = json.loads(text), json.loads((RESOURCES / "manifests" / name).read_text())
+        stale = f"{name} is stale; run {TOOLS / 'make_manifest_fixtures.py'}"
+        assert sorted(fresh["files"]) == sorted(kept["files"]), stale
+        assert {k: v for k, v in fresh.items() if k not in drop} == {k: v for k, v in kept.items() if k not in drop}, stale
