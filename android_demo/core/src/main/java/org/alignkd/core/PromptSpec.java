@@ -51,7 +51,9 @@ public final class PromptSpec {
         String placeholder = prompt.getString("image_placeholder");
         int offset = prompt.getInt("image_placeholder_offset");
         int first = text.indexOf(placeholder);
-        if (placeholder.isEmpty() || first < 0 || first != text.lastIndexOf(placeholder) || first != offset) {
+        // The offset counts Python characters (code points), not Java's UTF-16 units.
+        if (placeholder.isEmpty() || first < 0 || first != text.lastIndexOf(placeholder)
+                || text.codePointCount(0, first) != offset) {
             throw new BundleException(where + " prompt.text must hold the placeholder '" + placeholder
                     + "' exactly once, at offset " + offset + "; re-export the bundle");
         }

@@ -110,6 +110,16 @@ public class ManifestTest {
         assertTrue(messageOf(j.toString()).contains("exactly once, at offset 3"));
     }
 
+    /** Python's offset counts code points: a character outside the BMP before the placeholder counts once. */
+    @Test
+    public void placeholderOffsetCountsCodePoints() throws Exception {
+        JSONObject j = etJson();
+        JSONObject prompt = j.getJSONObject("prompt");
+        prompt.put("text", "\uD83D\uDE00 " + prompt.getString("text"));
+        prompt.put("image_placeholder_offset", prompt.getInt("image_placeholder_offset") + 2);
+        Manifest.parse(j.toString(), "manifest.json");
+    }
+
     @Test
     public void refusesAnUnknownResampleFilter() throws Exception {
         JSONObject j = etJson();
