@@ -64,8 +64,11 @@ def generate(
     vision_tower: Optional[Path] = typer.Option(None, "--vision-tower", help="Folder with the CLIP config.json and preprocessor_config.json, when the checkpoint has no vision_tower/ folder and does not use openai/clip-vit-large-patch14-336."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, output_ids = new token ids, timings, ...)."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they are generated."),
+    backend: str = typer.Option("python", "--backend", help="python, or native: run an ExecuTorch bundle with the C++ alignkd-runner (`alignkd runtime build`)."),
 ) -> None:
     """Answer a question about an image with a MobileVLM checkpoint (greedy by default, as the official code)."""
+    if backend != "python":
+        return _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json)
     try:
         from alignkd.runtime.run import generate_from_checkpoint
 
@@ -82,6 +85,21 @@ def generate(
         print()
     else:
         print(result.text)
+
+
+def _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json) -> None:
+    try:
+        if backend != "native":
+            raise AlignKDError(f"unknown backend {backend!r}; choose python or native")
+        if top_p is not None:
+            raise AlignKDError("--top-p is not supported with --backend native; drop it or use --backend python")
+        from alignkd.runtime.native import generate_native
+
+        result = generate_native(model, prompt, image, max_new_tokens=max_new_tokens, raw_prompt=raw_prompt,
+                                 temperature=temperature, seed=seed)
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(result) if as_json else result["text"])
 
 
 def _train(config: Path, overrides: list[str] | None, resume: bool, resume_from: Path | None, need_teacher: bool,
@@ -330,7 +348,7 @@ def eval_compare(
 @app.command()
 def profile(
     model: Path = typer.Argument(..., help="Checkpoint folder or exported bundle."),
-    device: str = typer.Option("host", "--device", help="host (here); android / ios need a phone (later)."),
+    device: str = typer.Option("host", "--device", help="host (here, Python runtime); native (here, the C++ alignkd-runner); android / ios need a phone (later)."),
     runs: int = typer.Option(5, "--runs", min=1),
     warmup: int = typer.Option(1, "--warmup", min=0),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
@@ -349,11 +367,39 @@ def profile(
             from alignkd.data.image import load_image
 
             img = load_image(image)
-        result = run_profile(model, device=device, runs=runs, warmup=warmup, image=img, prompt=prompt,
-                             max_new_tokens=max_new_tokens, dtype=dtype.value, plot=plot)
+        if device == "native":  # the C++ runner on this machine (alignkd runtime build)
+            from alignkd.runtime.native import profile_native
+            from alignkd.runtime.profile import plot_latency
+
+            result = profile_native(model, runs=runs, warmup=warmup, image=img, prompt=prompt, max_new_tokens=max_new_tokens)
+            if plot is not None:
+                result["plot"] = str(plot_latency(result, plot))
+        else:
+            result = run_profile(model, device=device, runs=runs, warmup=warmup, image=img, prompt=prompt,
+                                 max_new_tokens=max_new_tokens, dtype=dtype.value, plot=plot)
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else format_profile(result))
+
+
+runtime_app = typer.Typer(help="The native (C++) runner for ExecuTorch bundles: build it.", no_args_is_help=True)
+app.add_typer(runtime_app, name="runtime")
+
+
+@runtime_app.command("build")
+def runtime_build(
+    out: Optional[Path] = typer.Option(None, "--out", help="Build folder (default: build/runtime in the checkout, where generate/profile look)."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Parallel compile jobs."),
+) -> None:
+    """Build alignkd-runner with CMake against the installed executorch wheel; prints the binary's path."""
+    try:
+        from alignkd.runtime.native import ENV_VAR, build_runner, DEFAULT_BUILD_DIR
+
+        binary = build_runner(out, jobs=jobs)
+    except AlignKDError as err:
+        _fail(err)
+    hint = "" if binary.parent.resolve() == DEFAULT_BUILD_DIR.resolve() else f" (set {ENV_VAR}={binary} so generate/profile use it)"
+    typer.echo(f"built {binary}{hint}")
 
 
 def _quiet_backend_noise() -> None:

@@ -33,6 +33,9 @@ void emit(et_timestamp_t, et_pal_log_level_t level, const char* filename, const 
           const char* message, size_t length) {
   std::string text(message, length);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  for (char& ch : text) {
+    if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7e) ch = '?';  // one printable line
+  }
   if (verbose()) std::fprintf(stderr, "[executorch %c %s:%zu] %s\n", char(level), filename, line, text.c_str());
   if (level == kError || level == kFatal) {
     std::lock_guard<std::mutex> lock(log_mutex());

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_FAILURE_USERMSG
@@ -142,6 +143,24 @@ std::vector<float> preprocess(const Image& input, const ImageSpec& spec) {
     }
   }
   return pixels;
+}
+
+Status write_npy(const std::string& path, const std::vector<float>& pixels, int size) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, " + std::to_string(size) + ", " +
+                       std::to_string(size) + "), }";
+  // NPY 1.0: magic, version, little-endian header length; header padded with spaces to a 64-byte boundary.
+  const size_t unpadded = 10 + header.size() + 1;
+  header.append((64 - unpadded % 64) % 64, ' ');
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  if (!out) return Error{"cannot write " + path + "; pass a writable path to --dump-pixels"};
+  const uint16_t len = uint16_t(header.size());
+  out.write("\x93NUMPY\x01\x00", 8);
+  out.put(char(len & 0xff)).put(char(len >> 8));
+  out << header;
+  out.write(reinterpret_cast<const char*>(pixels.data()), std::streamsize(pixels.size() * sizeof(float)));
+  if (!out) return Error{"cannot write " + path + " (disk full?)"};
+  return {};
 }
 
 }  // namespace alignkd

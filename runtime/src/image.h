@@ -29,4 +29,8 @@ Image resize_bicubic(const Image& img, int width, int height);
 // pixel_values [3, size, size] float32 (planar), as CLIPImageProcessor returns them for one image.
 std::vector<float> preprocess(const Image& img, const ImageSpec& spec);
 
+// Writes pixel_values as a NumPy .npy file (float32, shape [1, 3, size, size]), for checking the
+// preprocessing against alignkd's (export/golden/*_pixel_values.npy).
+Status write_npy(const std::string& path, const std::vector<float>& pixels, int size);
+
 }  // namespace alignkd

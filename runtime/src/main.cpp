@@ -34,11 +34,12 @@ using alignkd::Status;
 constexpr const char* kUsage =
     "usage: alignkd-runner --bundle DIR --image IMG --prompt Q [--max-new-tokens N] [--temperature T] [--seed S]\n"
     "                      [--raw-prompt] [--threads N] [--json] [--profile [--runs N] [--warmup N]]\n"
+    "       alignkd-runner --bundle DIR --image IMG --dump-pixels OUT.npy   (preprocessing only)\n"
     "Runs an alignkd ExecuTorch bundle (greedy by default) and prints the answer, or with --json the object\n"
     "`alignkd generate --json` prints; --profile times load, vision encode, prefill and decode over rounds.\n";
 
 struct Args {
-  std::string bundle, image, prompt;
+  std::string bundle, image, prompt, dump_pixels;
   int max_new_tokens = -1;  // -1: 512, or 32 with --profile (as the Python commands)
   double temperature = 0.0;
   unsigned long long seed = 0;
@@ -75,6 +76,7 @@ Result<Args> parse(int argc, char** argv) {
     if (key == "--bundle") a.bundle = value;
     else if (key == "--image") a.image = value;
     else if (key == "--prompt") a.prompt = value;
+    else if (key == "--dump-pixels") a.dump_pixels = value;
     else if (key == "--temperature") {
       try {
         a.temperature = std::stod(value);
@@ -92,7 +94,8 @@ Result<Args> parse(int argc, char** argv) {
     }
   }
   if (a.help) return a;
-  for (const auto& [name, value] : {std::pair{"--bundle", a.bundle}, {"--image", a.image}, {"--prompt", a.prompt}}) {
+  const std::string prompt = a.dump_pixels.empty() ? a.prompt : "-";  // preprocessing needs no prompt
+  for (const auto& [name, value] : {std::pair{"--bundle", a.bundle}, {"--image", a.image}, {"--prompt", prompt}}) {
     if (value.empty()) return Error{std::string(name) + " is required; see alignkd-runner --help"};
   }
   if (a.max_new_tokens == -1) a.max_new_tokens = a.profile ? 32 : 512;
@@ -120,6 +123,12 @@ Status run_generate(const Args& a) {
     std::cout << result.text << std::endl;
   }
   return {};
+}
+
+Status run_dump_pixels(const Args& a) {
+  ALIGNKD_ASSIGN(alignkd::Manifest manifest, alignkd::read_manifest(a.bundle));
+  ALIGNKD_ASSIGN(alignkd::Image image, alignkd::load_image(a.image));
+  return alignkd::write_npy(a.dump_pixels, alignkd::preprocess(image, manifest.image), manifest.image.size);
 }
 
 Status run_profile(const Args& a) {
@@ -164,7 +173,8 @@ int main(int argc, char** argv) {
     if (!alignkd::set_runtime_threads(args.value().threads)) {
       return fail("--threads " + std::to_string(args.value().threads) + " cannot be applied to ExecuTorch's thread pool", 2);
     }
-    Status status = args.value().profile ? run_profile(args.value()) : run_generate(args.value());
+    const Args& a = args.value();
+    Status status = !a.dump_pixels.empty() ? run_dump_pixels(a) : a.profile ? run_profile(a) : run_generate(a);
     if (!status.ok()) return fail(status.error().message, 2);
     return 0;
   } catch (const std::exception& e) {

@@ -27,8 +27,8 @@ Result<json> parse_file(const std::filesystem::path& path) {
 Status check_target(const json& m, const std::filesystem::path& where) {
   const std::string target = m["target"].get<std::string>();
   if (target != "executorch") {
-    return Error{where.string() + " describes a " + target +
-                 " bundle, but alignkd-runner runs ExecuTorch bundles only; export with --target executorch "
+    return Error{where.string() + " is a bundle for target '" + target +
+                 "', but alignkd-runner runs ExecuTorch bundles only; export with --target executorch "
                  "or run this bundle with `alignkd generate --model BUNDLE`"};
   }
   const auto& parts = m["parts"];
