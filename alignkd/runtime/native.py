@@ -67,6 +67,9 @@ def find_cmake() -> str:
 def build_runner(out: Path | None = None, jobs: int = 2, build_type: str = "Release") -> Path:
     """Configure and build runtime/ into `out` (incremental); returns the binary. The log goes to out/build.log."""
     out = Path(out) if out is not None else DEFAULT_BUILD_DIR
+    if not (SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise AlignKDError(f"the runner's sources ({SOURCE_DIR}) are not beside this alignkd installation; "
+                           "build from a clone of the repository installed with pip install -e")
     root = executorch_root()
     cmake = find_cmake()
     out.mkdir(parents=True, exist_ok=True)
