@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -21,16 +22,38 @@ struct Shapes {
   int64_t batch, seq, heads, dim, cache_len, kv_heads;
 };
 
-float dot(const float* a, const float* b, int64_t n) {
+// Four dot products of one query row with four key rows: independent accumulators keep the vector unit
+// busy instead of waiting on one long chain of additions.
+[[gnu::always_inline]] inline void dot4(const float* q, const float* k0, const float* k1, const float* k2,
+                                        const float* k3, int64_t n, float* out) {
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t d = 0; d < n; ++d) {
+    a0 += q[d] * k0[d];
+    a1 += q[d] * k1[d];
+    a2 += q[d] * k2[d];
+    a3 += q[d] * k3[d];
+  }
+  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
+}
+
+[[gnu::always_inline]] inline float dot(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
   return acc;
 }
 
-void axpy(float alpha, const float* x, float* y, int64_t n) {
+// y += w0 x0 + w1 x1 + w2 x2 + w3 x3: one read and write of y for four value rows.
+[[gnu::always_inline]] inline void axpy4(const float* w, const float* x0, const float* x1, const float* x2,
+                                         const float* x3, float* y, int64_t n) {
 #pragma omp simd
-  for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
+  for (int64_t d = 0; d < n; ++d) y[d] += w[0] * x0[d] + w[1] * x1[d] + w[2] * x2[d] + w[3] * x3[d];
+}
+
+[[gnu::always_inline]] inline void axpy(float w, const float* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t d = 0; d < n; ++d) y[d] += w * x[d];
 }
 
 // Additive mask value of (row, key): float masks add, bool masks keep (true) or drop (false).
@@ -42,28 +65,63 @@ float mask_value(const Tensor& mask, int64_t row, int64_t key) {
   return mask.const_data_ptr<float>()[row * stride + key];
 }
 
-// Attention of one query row; `scores` is scratch of at least n_keys floats.
-void attend_row(const float* q, const float* keys, const float* values, int64_t kv_row_stride, int64_t n_keys,
-                int64_t dim, float scale, const Tensor* mask, int64_t row, std::vector<float>& scores,
-                float* out) {
-  std::fill(out, out + dim, 0.f);
-  if (n_keys <= 0) return;
-  if (static_cast<int64_t>(scores.size()) < n_keys) scores.resize(n_keys);
+struct Row {
+  const float* q;
+  const float* keys;
+  const float* values;
+  int64_t kv_row_stride, n_keys, dim;
+  float scale;
+  const Tensor* mask;
+  int64_t row;
+  float* out;
+};
+
+// Attention of one query row; `scores` is scratch of at least n_keys floats. Inlined into a generic and an
+// AVX2+FMA copy below, picked at run time.
+[[gnu::always_inline]] inline void attend_row_impl(const Row& r, float* scores) {
+  std::fill(r.out, r.out + r.dim, 0.f);
+  if (r.n_keys <= 0) return;
+  const int64_t s = r.kv_row_stride, n4 = r.n_keys / 4 * 4;
+  for (int64_t j = 0; j < n4; j += 4) {
+    const float* k = r.keys + j * s;
+    dot4(r.q, k, k + s, k + 2 * s, k + 3 * s, r.dim, scores + j);
+  }
+  for (int64_t j = n4; j < r.n_keys; ++j) scores[j] = dot(r.q, r.keys + j * s, r.dim);
   float top = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n_keys; ++j) {
-    float s = scale * dot(q, keys + j * kv_row_stride, dim);
-    if (mask != nullptr) s += mask_value(*mask, row, j);
-    scores[j] = s;
-    top = std::max(top, s);
+  for (int64_t j = 0; j < r.n_keys; ++j) {
+    scores[j] = scores[j] * r.scale + (r.mask != nullptr ? mask_value(*r.mask, r.row, j) : 0.f);
+    top = std::max(top, scores[j]);
   }
   if (top == -std::numeric_limits<float>::infinity()) return;  // every key masked: a zero row, not NaN
   float total = 0.f;
-  for (int64_t j = 0; j < n_keys; ++j) {
+  for (int64_t j = 0; j < r.n_keys; ++j) {
     scores[j] = std::exp(scores[j] - top);
     total += scores[j];
   }
   const float inv = 1.f / total;
-  for (int64_t j = 0; j < n_keys; ++j) axpy(scores[j] * inv, values + j * kv_row_stride, out, dim);
+  for (int64_t j = 0; j < r.n_keys; ++j) scores[j] *= inv;
+  for (int64_t j = 0; j < n4; j += 4) {
+    const float* v = r.values + j * s;
+    axpy4(scores + j, v, v + s, v + 2 * s, v + 3 * s, r.out, r.dim);
+  }
+  for (int64_t j = n4; j < r.n_keys; ++j) axpy(scores[j], r.values + j * s, r.out, r.dim);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) void attend_row_avx2(const Row& r, float* scores) { attend_row_impl(r, scores); }
+#endif
+void attend_row_generic(const Row& r, float* scores) { attend_row_impl(r, scores); }
+
+using AttendFn = void (*)(const Row&, float*);
+
+// ALIGNKD_SDPA_GENERIC=1 forces the portable copy (its tests run that way too).
+AttendFn pick_attend_row() {
+  const char* generic = std::getenv("ALIGNKD_SDPA_GENERIC");
+  if (generic != nullptr && generic[0] == '1') return attend_row_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return attend_row_avx2;
+#endif
+  return attend_row_generic;
 }
 
 bool valid_inputs(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -117,6 +175,7 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& query, const Te
   const float* v = value_cache.const_data_ptr<float>();
   float* o = out.mutable_data_ptr<float>();
 
+  static const AttendFn attend_row = pick_attend_row();
   auto work = [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
@@ -127,8 +186,10 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& query, const Te
       const int64_t offset = task * s.dim;
       const int64_t cache_offset = b * s.cache_len * kv_row_stride + (h / group) * s.dim;
       const int64_t n_keys = mask != nullptr ? mask_keys : (is_causal ? start_pos + i + 1 : start_pos + s.seq);
-      attend_row(q + offset, k + cache_offset, v + cache_offset, kv_row_stride, n_keys, s.dim, sc, mask, i, scores,
-                 o + offset);
+      if (static_cast<int64_t>(scores.size()) < n_keys) scores.resize(n_keys);
+      attend_row(Row{q + offset, k + cache_offset, v + cache_offset, kv_row_stride, n_keys, s.dim, sc, mask, i,
+                     o + offset},
+                 scores.data());
     }
   };
   executorch::extension::parallel_for(0, s.batch * s.seq * s.heads, 1, work);
