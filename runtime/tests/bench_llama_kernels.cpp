@@ -1,7 +1,8 @@
 // Times our llama::custom_sdpa.out on one attention shape and prints one JSON line (benchmarks/sdpa_kernel.py
 // puts it beside ExecuTorch's own kernel, the one the Python runtime uses).
-//   bench_llama_kernels HEADS KV_HEADS HEAD_DIM CACHE_LEN START_POS SEQ ITERS
+//   bench_llama_kernels HEADS KV_HEADS HEAD_DIM CACHE_LEN START_POS SEQ ITERS [THREADS]
 #include "llama_kernels.h"
+#include "threads.h"
 
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/runtime.h>
@@ -13,14 +14,18 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-  if (argc != 8) {
-    std::fprintf(stderr, "error: usage: bench_llama_kernels HEADS KV_HEADS HEAD_DIM CACHE_LEN START_POS SEQ ITERS\n");
+  if (argc != 8 && argc != 9) {
+    std::fprintf(stderr, "error: usage: bench_llama_kernels HEADS KV_HEADS HEAD_DIM CACHE_LEN START_POS SEQ ITERS [THREADS]\n");
     return 2;
   }
   int v[7];
   for (int i = 0; i < 7; ++i) v[i] = std::atoi(argv[i + 1]);
   const int heads = v[0], kv = v[1], dim = v[2], cache = v[3], start = v[4], seq = v[5], iters = v[6];
   executorch::runtime::runtime_init();
+  if (argc == 9 && !alignkd::set_runtime_threads(unsigned(std::atoi(argv[8])))) {
+    std::fprintf(stderr, "error: cannot resize ExecuTorch's thread pool to %s threads\n", argv[8]);
+    return 2;
+  }
   std::mt19937 rng(0);
   std::normal_distribution<float> dist;
   std::vector<float> q(size_t(seq) * heads * dim), k(size_t(cache) * kv * dim), val(k.size()), out(q.size());

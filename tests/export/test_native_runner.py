@@ -213,3 +213,24 @@ def test_runner_env_var_and_build_command(runner, monkeypatch):
     assert find_runner() == runner
     res = CliRunner().invoke(app, ["runtime", "build"])  # up to date: an incremental no-op
     assert res.exit_code == 0 and str(runner) in res.output
+
+
+def _benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, GOLDEN.parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_scripts_run(runner, bundles, capsys):
+    """benchmarks/native_runtime.py and sdpa_kernel.py (quoted in docs/runtime.md) still run, in a few steps."""
+    result = _benchmark("native_runtime").main(["--bundle", str(bundles("executorch", "fp32")), "--runs", "1",
+                                                "--warmup", "0", "--max-new-tokens", "3"])
+    row = result["results"][0]
+    assert row["quant"] == "fp32" and row["decode_tokens"] == 2
+    assert set(row["native"]) == set(row["python"]) and row["native"]["decode_tok_s"] > 0
+    sdpa = _benchmark("sdpa_kernel").main(["--build-dir", str(runner.parent), "--threads", "1", "--scale", "0.01"])
+    assert [r["rows"] for r in sdpa["results"]] == [190, 1, 1, 1] and all(r["ours_ms"] > 0 for r in sdpa["results"])
+    assert '"results"' in capsys.readouterr().out

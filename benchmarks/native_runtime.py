@@ -1,0 +1,74 @@
+"""The native C++ runner against the Python ExecuTorch runtime on the same bundles: load, vision encode, prefill,
+decode tok/s and peak RSS, one JSON object.
+
+Both sides run `alignkd profile`'s protocol (each round loads the bundle afresh, the synthetic picture, the
+~190-position prompt, exactly N new tokens; medians over the rounds) in their own process, so each peak RSS
+is that runtime's alone: `alignkd-runner --profile` for native, `python -m alignkd profile` for Python. Without
+--bundle it exports the tiny official fixture (fp32 and 8da4w) into a temporary folder first. Needs the runner
+built (`alignkd runtime build`).
+
+    python benchmarks/native_runtime.py --runs 5 --warmup 1
+    python benchmarks/native_runtime.py --bundle out/tiny_et --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TINY = ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"
+KEYS = ("load_s", "vision_encode_s", "prefill_tok_s", "ttft_s", "decode_tok_s", "peak_rss_mb")
+
+
+def python_profile(bundle: Path, runs: int, warmup: int, max_new_tokens: int) -> dict:
+    cmd = [sys.executable, "-m", "alignkd", "profile", str(bundle), "--runs", str(runs), "--warmup", str(warmup),
+           "--max-new-tokens", str(max_new_tokens), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout)
+
+
+def compare(bundle: Path, runs: int, warmup: int, max_new_tokens: int, threads: int | None) -> dict:
+    from alignkd.runtime.native import profile_native
+
+    native = profile_native(bundle, runs=runs, warmup=warmup, max_new_tokens=max_new_tokens, threads=threads)
+    python = python_profile(bundle, runs, warmup, max_new_tokens)
+    quant = json.loads((bundle / "manifest.json").read_text())["quant"]["scheme"]
+    row = {"bundle": str(bundle), "quant": quant, "prefill_tokens": native["prefill_tokens"],
+           "decode_tokens": native["decode_tokens"], "threads": native["device"]["threads"],
+           "native": {k: native[k] for k in KEYS}, "python": {k: python[k] for k in KEYS}}
+    row["native_over_python"] = {"decode_tok_s": native["decode_tok_s"] / python["decode_tok_s"],
+                                 "peak_rss_mb": native["peak_rss_mb"] / python["peak_rss_mb"]}
+    return row
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, action="append", help="ExecuTorch bundle folder (repeatable); default: export the tiny fixture")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="native thread pool size (default: one per core)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles = args.bundle
+        if not bundles:
+            from alignkd.export import export_bundle
+
+            bundles = [export_bundle(TINY, "executorch", q, Path(tmp) / q, max_seq_len=512) for q in ("fp32", "8da4w")]
+        rows = [compare(Path(b), args.runs, args.warmup, args.max_new_tokens, args.threads) for b in bundles]
+    from alignkd.runtime.profile import _cpu_name
+
+    result = {"runs": args.runs, "warmup": args.warmup, "max_new_tokens": args.max_new_tokens, "cpu": _cpu_name(),
+              "results": rows}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
