@@ -68,7 +68,8 @@ def generate(
 ) -> None:
     """Answer a question about an image with a MobileVLM checkpoint (greedy by default, as the official code)."""
     if backend != "python":
-        return _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json)
+        return _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json,
+                                template)
     try:
         from alignkd.runtime.run import generate_from_checkpoint
 
@@ -87,7 +88,8 @@ def generate(
         print(result.text)
 
 
-def _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json) -> None:
+def _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, temperature, top_p, seed, as_json,
+                     template) -> None:
     try:
         if backend != "native":
             raise AlignKDError(f"unknown backend {backend!r}; choose python or native")
@@ -96,7 +98,7 @@ def _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, 
         from alignkd.runtime.native import generate_native
 
         result = generate_native(model, prompt, image, max_new_tokens=max_new_tokens, raw_prompt=raw_prompt,
-                                 temperature=temperature, seed=seed)
+                                 temperature=temperature, seed=seed, template=template)
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else result["text"])

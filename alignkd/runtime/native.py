@@ -128,10 +128,16 @@ def run_runner(args: list[str], timeout: float | None = None) -> dict:
 
 
 def generate_native(bundle: Path, question: str, image: Path, *, max_new_tokens: int = 512, raw_prompt: bool = False,
-                    temperature: float = 0.0, seed: int = 0, threads: int | None = None) -> dict:
-    """`alignkd generate --json`'s object, computed by the native runner (greedy: the same tokens as Python)."""
+                    temperature: float = 0.0, seed: int = 0, threads: int | None = None, template: str | None = None) -> dict:
+    """`alignkd generate --json`'s object, computed by the native runner (greedy: the same tokens as Python;
+    sampling uses the runner's own generator, so sampled tokens differ from Python's)."""
     if image is None:
         raise AlignKDError("--backend native needs --image FILE (the runner answers questions about an image)")
+    if template is not None and not raw_prompt:
+        bundle_template = _manifest(Path(bundle))["prompt"]["template"]
+        if template != bundle_template:
+            raise AlignKDError(f"--template {template} differs from the bundle's prompt template {bundle_template}; "
+                               "the native runner uses the bundle's, so drop --template or use --raw-prompt")
     args = ["--bundle", bundle, "--image", image, "--prompt", question, "--max-new-tokens", max_new_tokens,
             "--temperature", temperature, "--seed", seed, "--json"]
     if raw_prompt:
@@ -168,10 +174,16 @@ def _fitted_prompt(bundle: Path) -> str:
     from alignkd.data.tokenizer import Tokenizer
     from alignkd.runtime.profile import fit_prompt
 
+    manifest = _manifest(bundle)
+    loaded = SimpleNamespace(template=manifest["prompt"]["template"], tokenizer=Tokenizer.from_folder(bundle))
+    return fit_prompt(loaded, manifest["num_image_tokens"])
+
+
+def _manifest(bundle: Path) -> dict:
+    """The bundle's manifest, read just enough for the Python side's own choices (the runner checks it fully)."""
     try:
         manifest = json.loads((bundle / "manifest.json").read_text())
-        template, n_image = manifest["prompt"]["template"], manifest["num_image_tokens"]
-    except (OSError, ValueError, KeyError) as err:
+        manifest["prompt"]["template"], manifest["num_image_tokens"]  # noqa: B018  (the keys used here)
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise AlignKDError(f"cannot read {bundle / 'manifest.json'} ({err}); pass a bundle folder written by `alignkd export`") from None
-    loaded = SimpleNamespace(template=template, tokenizer=Tokenizer.from_folder(bundle))
-    return fit_prompt(loaded, n_image)
