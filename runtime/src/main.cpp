@@ -33,13 +33,13 @@ using alignkd::Status;
 
 constexpr const char* kUsage =
     "usage: alignkd-runner --bundle DIR --image IMG --prompt Q [--max-new-tokens N] [--temperature T] [--seed S]\n"
-    "                      [--raw-prompt] [--threads N] [--json] [--profile [--runs N] [--warmup N]]\n"
+    "                      [--raw-prompt] [--threads N] [--json] [--etdump OUT.etdp] [--profile [--runs N] [--warmup N]]\n"
     "       alignkd-runner --bundle DIR --image IMG --dump-pixels OUT.npy   (preprocessing only)\n"
     "Runs an alignkd ExecuTorch bundle (greedy by default) and prints the answer, or with --json the object\n"
     "`alignkd generate --json` prints; --profile times load, vision encode, prefill and decode over rounds.\n";
 
 struct Args {
-  std::string bundle, image, prompt, dump_pixels;
+  std::string bundle, image, prompt, dump_pixels, etdump;
   int max_new_tokens = -1;  // -1: 512, or 32 with --profile (as the Python commands)
   double temperature = 0.0;
   unsigned long long seed = 0;
@@ -77,6 +77,7 @@ Result<Args> parse(int argc, char** argv) {
     else if (key == "--image") a.image = value;
     else if (key == "--prompt") a.prompt = value;
     else if (key == "--dump-pixels") a.dump_pixels = value;
+    else if (key == "--etdump") a.etdump = value;
     else if (key == "--temperature") {
       try {
         a.temperature = std::stod(value);
@@ -101,6 +102,7 @@ Result<Args> parse(int argc, char** argv) {
   if (a.max_new_tokens == -1) a.max_new_tokens = a.profile ? 32 : 512;
   if (a.max_new_tokens < 1) return Error{"--max-new-tokens must be at least 1"};
   if (a.temperature < 0) return Error{"--temperature must be 0 (greedy) or positive"};
+  if (a.profile && !a.etdump.empty()) return Error{"--etdump records one generation; drop --profile (tracing would skew its timings)"};
   return a;
 }
 
@@ -110,13 +112,14 @@ Status run_generate(const Args& a) {
   ALIGNKD_ASSIGN(alignkd::Image image, alignkd::load_image(a.image));
   ALIGNKD_ASSIGN(std::string prompt, alignkd::build_prompt(manifest, a.prompt, a.raw_prompt));
   ALIGNKD_ASSIGN(alignkd::Tokenizer tokenizer, alignkd::Tokenizer::load(manifest));
-  ALIGNKD_ASSIGN(auto model, alignkd::Model::load(manifest));
+  ALIGNKD_ASSIGN(auto model, alignkd::Model::load(manifest, !a.etdump.empty()));
   const std::vector<float> pixels = alignkd::preprocess(image, manifest.image);
   alignkd::GenerationConfig config;
   config.max_new_tokens = a.max_new_tokens;
   config.temperature = a.temperature;
   config.seed = a.seed;
   ALIGNKD_ASSIGN(alignkd::GenerationResult result, alignkd::generate(*model, tokenizer, manifest, prompt, pixels, config));
+  if (!a.etdump.empty()) ALIGNKD_CHECK_OK(model->write_etdump(a.etdump));
   if (a.json) {
     std::cout << alignkd::to_json(result).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {

@@ -5,6 +5,12 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#ifdef ALIGNKD_HAS_ETDUMP
+#include <executorch/devtools/etdump/etdump_flatcc.h>
+#endif
+
+#include <cstdlib>
+#include <fstream>
 
 namespace alignkd {
 namespace {
@@ -33,7 +39,7 @@ Error Model::failure(const std::string& what, int code) const {
                (detail.empty() ? "" : ": " + detail) + "); check the bundle was exported by this alignkd version"};
 }
 
-Result<std::unique_ptr<Model>> Model::load(const Manifest& manifest) {
+Result<std::unique_ptr<Model>> Model::load(const Manifest& manifest, bool trace) {
   auto model = std::make_unique<Model>();
   model->program_ = (manifest.folder / manifest.program_file).string();
   model->vision_ = manifest.vision_method;
@@ -43,7 +49,13 @@ Result<std::unique_ptr<Model>> Model::load(const Manifest& manifest) {
   model->vocab_ = manifest.vocab_size;
   model->max_seq_len_ = manifest.max_seq_len;
   // mmap: weights stay in the page cache and count against RSS only as far as they are touched.
-  model->module_ = std::make_unique<Module>(model->program_, Module::LoadMode::Mmap);
+  std::unique_ptr<executorch::runtime::EventTracer> tracer;
+#ifdef ALIGNKD_HAS_ETDUMP
+  if (trace) tracer = std::make_unique<executorch::etdump::ETDumpGen>();
+#else
+  if (trace) return Error{"this alignkd-runner was built without ExecuTorch's etdump library; --etdump is unavailable"};
+#endif
+  model->module_ = std::make_unique<Module>(model->program_, Module::LoadMode::Mmap, std::move(tracer));
   if (auto err = model->module_->load(); err != executorch::runtime::Error::Ok) {
     return model->failure("loading " + model->program_, int(err));
   }
@@ -53,6 +65,22 @@ Result<std::unique_ptr<Model>> Model::load(const Manifest& manifest) {
     }
   }
   return model;
+}
+
+Status Model::write_etdump(const std::string& path) const {
+#ifdef ALIGNKD_HAS_ETDUMP
+  auto* gen = dynamic_cast<executorch::etdump::ETDumpGen*>(module_->event_tracer());
+  if (gen == nullptr) return Error{"no ETDump was recorded; load the model with tracing on"};
+  const executorch::etdump::ETDumpResult dump = gen->get_etdump_data();
+  // Without a caller-provided buffer the dump is malloc'ed and ours to free.
+  std::unique_ptr<void, decltype(&std::free)> owned(dump.buf, std::free);
+  std::ofstream out(path, std::ios::binary);
+  if (!out || dump.buf == nullptr) return Error{"cannot write the ETDump to " + path + "; pass a writable path to --etdump"};
+  out.write(static_cast<const char*>(dump.buf), std::streamsize(dump.size));
+  return out ? Status{} : Status{Error{"cannot write the ETDump to " + path + " (disk full?)"}};
+#else
+  return Error{"this alignkd-runner was built without ExecuTorch's etdump library; --etdump is unavailable"};
+#endif
 }
 
 Result<std::vector<float>> Model::encode_image(const std::vector<float>& pixels, int size) {

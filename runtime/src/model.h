@@ -19,8 +19,9 @@ namespace alignkd {
 
 class Model {
  public:
-  // Loads the program and its vision_encoder, token_embedding and text_decoder methods.
-  static Result<std::unique_ptr<Model>> load(const Manifest& manifest);
+  // Loads the program and its vision_encoder, token_embedding and text_decoder methods. With `trace`, every
+  // operator and delegate call is recorded in an ETDump (see write_etdump).
+  static Result<std::unique_ptr<Model>> load(const Manifest& manifest, bool trace = false);
   Model() = default;  // empty; use load()
   ~Model();
 
@@ -30,6 +31,9 @@ class Model {
   Result<std::vector<float>> embed(const std::vector<int64_t>& ids);
   // embeddings [1, n, D] written to the KV cache from `position` -> logits [V] of the last row.
   Result<std::vector<float>> decode(std::vector<float>& embeddings, int64_t position);
+
+  // Writes the recorded ETDump (per-operator times, readable by executorch.devtools.Inspector).
+  Status write_etdump(const std::string& path) const;
 
   int64_t hidden_size() const { return hidden_; }
   int64_t max_seq_len() const { return max_seq_len_; }

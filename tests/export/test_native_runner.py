@@ -234,3 +234,15 @@ def test_benchmark_scripts_run(runner, bundles, capsys):
     sdpa = _benchmark("sdpa_kernel").main(["--build-dir", str(runner.parent), "--threads", "1", "--scale", "0.01"])
     assert [r["rows"] for r in sdpa["results"]] == [190, 1, 1, 1] and all(r["ours_ms"] > 0 for r in sdpa["results"])
     assert '"results"' in capsys.readouterr().out
+
+
+def test_etdump_has_per_operator_times(runner, bundles, tmp_path):
+    """--etdump writes what executorch.devtools.Inspector reads, our custom-op kernels among the timed operators."""
+    from executorch.devtools import Inspector
+
+    out = run(runner, "--bundle", bundles("executorch", "fp32"), "--image", GOLDEN / "pair0.png", "--prompt", QUESTION,
+              "--max-new-tokens", "3", "--etdump", tmp_path / "run.etdp")
+    assert out.returncode == 0, out.stderr
+    events = [ev for block in Inspector(etdump_path=str(tmp_path / "run.etdp")).event_blocks for ev in block.events]
+    timed = {ev.name for ev in events if ev.perf_data is not None}
+    assert any("custom_sdpa" in name for name in timed) and any("update_cache" in name for name in timed), sorted(timed)
