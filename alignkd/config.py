@@ -47,6 +47,8 @@ def _coerce(value, tp, key: str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise AlignKDError(f"config key {key!r} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise AlignKDError(f"config key {key!r} must be a list of {len(args)} values, got {value!r}")
         inner = args[0] if args else str
         return type(value)(_coerce(v, inner, key) for v in value) if origin is list else tuple(_coerce(v, inner, key) for v in value)
     if origin is dict or tp is dict:

@@ -113,6 +113,20 @@ class OptimConfig:
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
 
+    def __post_init__(self):
+        # `not x >= 0` also refuses NaN
+        for name in ("lr", "projector_lr", "adapter_lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise AlignKDError(f"optim.{name} must be >= 0, got {value}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise AlignKDError(f"optim.warmup_ratio is the fraction of steps spent warming up, so it must be between 0 and 1; got {self.warmup_ratio}")
+        if not self.max_grad_norm > 0:
+            raise AlignKDError(f"optim.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise AlignKDError(f"optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), e.g. [0.9, 0.999]; got {list(betas)}")
+
 
 @dataclass
 class TrainConfig:
@@ -147,6 +161,12 @@ class TrainConfig:
             raise AlignKDError("batch_size, grad_accum and epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise AlignKDError("max_steps must be >= 1")
+        if self.save_every is not None and self.save_every < 1:
+            raise AlignKDError(f"save_every must be >= 1 (optimizer steps between checkpoints), or null to save only the final student; got {self.save_every}")
+        if self.log_every < 1:
+            raise AlignKDError(f"log_every must be >= 1 (optimizer steps between logged values); got {self.log_every}")
+        if self.data.num_workers < 0:
+            raise AlignKDError(f"data.num_workers must be >= 0; got {self.data.num_workers}")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
             raise AlignKDError(f"teacher_dtype {self.teacher_dtype!r} must be float32, bfloat16 or float16")
 

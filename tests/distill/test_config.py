@@ -41,6 +41,18 @@ def test_overrides_and_yaml_number_strings(tmp_path):
     ("loss.divergence=js", "'loss.divergence': 'js' is not one of reverse, forward"),
     ("loss.weights.kd=-1", "loss.weights.kd must be >= 0"),
     ("mixed_precision=fp8", "'mixed_precision': 'fp8' is not one of no, bf16, fp16"),
+    ("optim.lr=-1e-4", r"optim.lr must be >= 0, got -0.0001"),
+    ("optim.projector_lr=-1", r"optim.projector_lr must be >= 0"),
+    ("optim.lr=.nan", r"optim.lr must be >= 0, got nan"),
+    ("optim.warmup_ratio=1.5", r"optim.warmup_ratio .* between 0 and 1; got 1.5"),
+    ("optim.warmup_ratio=-0.1", r"optim.warmup_ratio .* between 0 and 1; got -0.1"),
+    ("optim.max_grad_norm=0", r"optim.max_grad_norm must be > 0"),
+    ("optim.betas=[0.9]", r"config key 'optim.betas' must be a list of 2 values, got \[0.9\]"),
+    ("optim.betas=[0.9, 0.99, 0.999]", r"'optim.betas' must be a list of 2 values"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas must be two numbers in \[0, 1\)"),
+    ("save_every=0", r"save_every must be >= 1 .* or null"),
+    ("log_every=0", r"log_every must be >= 1"),
+    ("data.num_workers=-1", r"data.num_workers must be >= 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(AlignKDError, match=message):
@@ -50,3 +62,10 @@ def test_bad_values_name_the_key(override, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(AlignKDError, match="does not exist"):
         load_config(TrainConfig, tmp_path / "none.yaml")
+
+
+def test_betas_checked_for_python_callers_too():
+    from alignkd.distill.config import OptimConfig
+
+    with pytest.raises(AlignKDError, match=r"optim.betas must be two numbers .*; got \[0.9\]"):
+        OptimConfig(betas=(0.9,))
