@@ -140,3 +140,59 @@ def test_missing_and_invalid_data_file(official, tmp_path):
     bad.write_text("{oops")
     with pytest.raises(AlignKDError, match="not valid JSON"):
         LlavaDataset(bad, tmp_path, tok, ImageConfig(size=72))
+
+
+def test_strict_errors_count_lines_and_items_from_one(official, world, tmp_path):
+    _, tok = official
+    ds = _dataset(tmp_path, [_qa(), "", _qa(image="nope.png"), "{not json"], world, tok, suffix=".jsonl")
+    assert len(ds) == 3 and ds[2].reason == "malformed" and ds[2].detail == "line 4"  # the blank line 2 counts too
+    strict = _dataset(tmp_path, [_qa(), "", _qa(image="nope.png"), "{not json"], world, tok, suffix=".jsonl", strict=True)
+    with pytest.raises(AlignKDError, match=r"record 'r' \(line 3\) in .*data.jsonl: the image file does not exist"):
+        strict[1]
+    with pytest.raises(AlignKDError, match=r"record '#3' \(line 4\) in .*data.jsonl: the record is not a JSON object"):
+        strict[2]
+    listed = _dataset(tmp_path, [_qa(), _qa(image="nope.png")], world, tok, strict=True)
+    with pytest.raises(AlignKDError, match=r"record 'r' \(item 2\) in .*data.json:"):
+        listed[1]
+
+
+def test_skip_counts_count_records_not_passes(official, world, tmp_path):
+    _, tok = official
+    ds = _dataset(tmp_path, [_qa(image="nope.png"), _qa(), _qa(image="broken.png")], world, tok)
+    in_worker, in_main = Collator(tok.pad_id), Collator(tok.pad_id)
+    for _epoch in range(3):
+        batch = in_worker([ds[i] for i in range(3)])
+        in_main.record(batch["skipped"])  # what the training loop does with a batch collated in a worker
+    assert in_worker.skipped == in_main.skipped == {"missing_image": 1, "corrupt_image": 1}
+    assert "skipped 2 records" in in_main.summary()
+
+
+def test_huge_record_dropped_before_tokenising(official, world, tmp_path, monkeypatch):
+    import alignkd.data.dataset as dataset
+
+    _, tok = official
+    tokenize = dataset.tokenize_conversation
+
+    def guarded(turns, *args, **kwargs):
+        assert sum(len(t["value"]) for t in turns) < 10**6, "a 10 MB record was tokenised"
+        return tokenize(turns, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "tokenize_conversation", guarded)
+    ds = _dataset(tmp_path, [_qa(answer="word " * 2_000_000), _qa()], world, tok, suffix=".jsonl")
+    huge = ds[0]
+    assert isinstance(huge, Skipped) and huge.reason == "too_long" and "10000019 characters" in huge.detail
+    assert isinstance(ds[1], Example)
+    assert ds.max_chars < 10**6  # the bound is derived from max_length, not a fixed size
+
+
+def test_decompression_bomb_is_a_skipped_record(official, world, tmp_path, monkeypatch):
+    from PIL import Image
+
+    _, tok = official
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the fixture's small images now count as bombs
+    ds = _dataset(tmp_path, [_qa(), _qa(image=None, question="Say hi.", answer="hi")], world, tok)
+    collate = Collator(tok.pad_id)
+    batch = collate([ds[0], ds[1]])
+    assert collate.skipped == {"corrupt_image": 1} and batch["input_ids"].shape[0] == 1
+    with pytest.raises(AlignKDError, match=r"record 'r' \(item 1\) .* cannot be decoded"):
+        _dataset(tmp_path, [_qa()], world, tok, strict=True)[0]
