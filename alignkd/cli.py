@@ -105,19 +105,22 @@ def _generate_native(backend, model, prompt, image, max_new_tokens, raw_prompt, 
 
 
 def _train(config: Path, overrides: list[str] | None, resume: bool, resume_from: Path | None, need_teacher: bool,
-           strict: bool = False) -> None:
+           strict: bool = False, overwrite: bool = False) -> None:
     overrides = list(overrides or []) + (["data.strict=true"] if strict else [])
     try:
         from alignkd.config import load_config
         from alignkd.distill.config import TrainConfig
         from alignkd.distill.recipe import run
 
+        if resume and resume_from is not None:
+            raise AlignKDError(f"--resume and --resume-from exclude each other: --resume continues from the latest checkpoint "
+                               f"in output_dir, --resume-from from {resume_from}; pass one of them")
         cfg = load_config(TrainConfig, config, overrides)
         if need_teacher and not cfg.distill:
             raise AlignKDError(f"{config} names no teacher; `alignkd distill` needs `teacher:` (use `alignkd train` for CE-only training)")
         if not need_teacher and cfg.distill:
             raise AlignKDError(f"{config} names a teacher; use `alignkd distill` for Align-KD, or set teacher=null for CE-only training")
-        out = run(cfg, resume=resume_from or resume)
+        out = run(cfg, resume=resume_from or resume, overwrite=overwrite)
     except AlignKDError as err:
         _fail(err)
     typer.echo(f"done: {out}")
@@ -128,20 +131,22 @@ OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. optim.lr=1e-4 
 RESUME_OPT = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir.")
 RESUME_FROM_OPT = typer.Option(None, "--resume-from", help="Continue from this checkpoint folder.")
 STRICT_OPT = typer.Option(False, "--strict", help="Stop at the first bad training record (naming it) instead of skipping and counting.")
+OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the earlier training run in output_dir (only the files a run writes; "
+                             "a folder that holds no training run is refused).")
 
 
 @app.command()
 def distill(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG, resume: bool = RESUME_OPT,
-          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT) -> None:
+          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT, overwrite: bool = OVERWRITE_OPT) -> None:
     """Align-KD: distil the config's teacher into its student (writes OUT/student in the official format)."""
-    _train(config, overrides, resume, resume_from, need_teacher=True, strict=strict)
+    _train(config, overrides, resume, resume_from, need_teacher=True, strict=strict, overwrite=overwrite)
 
 
 @app.command()
 def train(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG, resume: bool = RESUME_OPT,
-          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT) -> None:
+          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT, overwrite: bool = OVERWRITE_OPT) -> None:
     """Supervised fine-tuning with the same recipe and no teacher (the CE-only baseline; trains the toy teacher)."""
-    _train(config, overrides, resume, resume_from, need_teacher=False, strict=strict)
+    _train(config, overrides, resume, resume_from, need_teacher=False, strict=strict, overwrite=overwrite)
 
 
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)

@@ -97,6 +97,16 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
     return from_dict(TrainConfig, data)
 
 
+def _train(cfg):
+    """A training step of the quickstart owns its folder: continue an interrupted run from its last checkpoint,
+    else replace what an earlier attempt left (the recipe refuses a used folder without one of the two)."""
+    from alignkd.distill.checkpoint import latest_checkpoint
+    from alignkd.distill.recipe import run
+
+    resume = latest_checkpoint(Path(cfg.output_dir)) is not None
+    return run(cfg, resume=resume, overwrite=not resume)
+
+
 class _Steps:
     """Runs named steps with progress lines; a failing step names itself, its folder and how to continue."""
 
@@ -126,7 +136,6 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
     from rich.console import Console
 
     from alignkd.data.synth_world import synthesize
-    from alignkd.distill.recipe import run
     from alignkd.distill.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
     cfg = cfg or QuickstartConfig()
@@ -147,14 +156,14 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
     step("pre-train the toy CLIP", vision / "report.json",
          lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
     step("train the toy teacher (toy CLIP frozen)", teacher / "student" / "config.json",
-         lambda: run(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
-                                   cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
+         lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
+                                      cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
     step("distil the student with Align-KD", kd / "student" / "config.json",
-         lambda: run(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
-                                   vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
+         lambda: _train(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
+                                      vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
     step("train the CE-only student (same steps, same seed)", ce / "student" / "config.json",
-         lambda: run(_train_config(ce, world, preset="synth_student", teacher=None, cfg=cfg,
-                                   vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
+         lambda: _train(_train_config(ce, world, preset="synth_student", teacher=None, cfg=cfg,
+                                      vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
     untrained = out / "student_untrained"
     step("untrained student (the floor)", untrained / "config.json", lambda: _save_untrained(untrained, world, teacher, cfg))
 

@@ -60,3 +60,20 @@ def test_controls_name_a_known_model(tmp_path):
     with pytest.raises(AlignKDError, match="shuffled control asked for \\['CE'\\]"):
         quickstart(tmp_path / "out", QuickstartConfig(shuffled=("CE",)))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_training_step_left_unfinished_continues_or_starts_afresh(tmp_path, monkeypatch):
+    """The recipe refuses a used output_dir without --resume/--overwrite; the quickstart says which it means."""
+    from types import SimpleNamespace
+
+    from alignkd.quickstart import _train
+
+    calls = []
+    monkeypatch.setattr("alignkd.distill.recipe.run", lambda cfg, resume, overwrite: calls.append((resume, overwrite)))
+    cfg = SimpleNamespace(output_dir=str(tmp_path / "teacher"))
+    _train(cfg)  # nothing there, or only what an attempt without checkpoints left: start afresh
+    ckpt = tmp_path / "teacher" / "checkpoints" / "step-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "train_state.json").write_text('{"step": 3}')
+    _train(cfg)  # an interrupted run with a checkpoint: continue it
+    assert calls == [(False, True), (True, False)]

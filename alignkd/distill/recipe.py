@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 
 from alignkd.config import to_dict
-from alignkd.distill.checkpoint import (check_pair, load_adapters, load_spec, resolve_resume, save_adapters,
+from alignkd.distill.checkpoint import (CHECKPOINTS, check_pair, check_space_before_training, load_adapters,
+                                       load_run_checkpoint, load_spec, remove_incomplete, resolve_resume, save_final,
                                        save_run_checkpoint)
 from alignkd.distill.config import TrainConfig
 from alignkd.distill.objective import TERMS, AlignKDModule, run_teacher
+from alignkd.distill.rundir import History, check_flags, prepare_output_dir, truncate_history
 from alignkd.errors import AlignKDError
 
 
@@ -63,6 +65,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _gather_skipped(collator) -> dict:
+    """Every process saw its own share of the records: the summary counts the skipped ones of all of them."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return {}
+    from accelerate.utils import gather_object
+
+    return dict(pair for part in gather_object([collator.seen]) for pair in part.items())
+
+
 def _fresh_accelerate_state() -> None:
     """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with other settings
     (e.g. bf16 after fp32). Between runs in one single-process program (the quickstart trains three models,
@@ -75,8 +88,34 @@ def _fresh_accelerate_state() -> None:
         GradientState._reset_state()
 
 
-def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
-    """Train; returns the output folder (final student in official format at OUT/student)."""
+def _start_run_folder(accelerator, out_dir: Path, resume_from: Path | None, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder, fail early on an unwritable one, drop interrupted saves."""
+    removed = prepare_output_dir(out_dir, resume_from is not None, overwrite, accelerator.is_main_process)
+    if removed:
+        accelerator.print(f"--overwrite: removed the earlier run's {', '.join(removed)} from {out_dir}")
+    if resume_from is not None and accelerator.is_main_process:
+        for path in remove_incomplete(out_dir):
+            accelerator.print(f"ignored and removed {path}: an interrupted save (incomplete checkpoint)")
+    accelerator.wait_for_everyone()
+
+
+def _interrupted(save, step: int, out_dir: Path, last_saved: Path | None) -> AlignKDError:
+    """Ctrl-C: keep the work by saving at the last completed optimizer step, then say how to continue."""
+    here = out_dir / CHECKPOINTS / f"step-{step}"
+    try:
+        saved = here if last_saved == here else save()
+    except KeyboardInterrupt:
+        return AlignKDError(f"interrupted again while saving step {step}; the last complete checkpoint is {last_saved or 'none'}, "
+                            "continue from it with the same command plus --resume")
+    # --resume picks the latest checkpoint in output_dir, which is now this one (pruning never removes it)
+    return AlignKDError(f"interrupted at step {step}; saved {saved}; continue with the same command plus --resume")
+
+
+def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train; returns the output folder (final student in official format at OUT/student).
+
+    `resume`: True (the latest checkpoint in output_dir) or a checkpoint path; `overwrite`: replace the earlier
+    run in output_dir. Without either, a non-empty output_dir is refused."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -86,10 +125,12 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
     from alignkd.data.dataset import Collator, LlavaDataset
 
     out_dir = Path(cfg.output_dir)
+    check_flags(resume, overwrite)
     resume_from = resolve_resume(resume, out_dir)
     _fresh_accelerate_state()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision.value,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))
+    _start_run_folder(accelerator, out_dir, resume_from, overwrite)
     set_seed(cfg.seed)
 
     # ---- setup: models, data, optimizer -----------------------------------------------------------
@@ -118,16 +159,17 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.optim), betas=tuple(cfg.optim.betas))
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.optim.warmup_ratio * total_steps), total_steps)
     module, optimizer = accelerator.prepare(module, optimizer)
-    # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per process)
-    accelerator.register_for_checkpointing(scheduler)
+    # the scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it per process),
+    # and saved by us as JSON (accelerate's register_for_checkpointing would pickle it)
+
+    check_space_before_training(accelerator, module, optimizer, out_dir, checkpoints=bool(cfg.save_every))
 
     step = 0
     if resume_from is not None:
-        accelerator.load_state(str(resume_from / "state"))
-        step = json.loads((resume_from / "train_state.json").read_text())["step"]
+        step = load_run_checkpoint(accelerator, resume_from, scheduler)["step"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        truncate_history(out_dir, step)
         (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     if cfg.tensorboard:
         accelerator.init_trackers("alignkd", config=_flat(to_dict(cfg)))
@@ -137,7 +179,9 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
                desc="distill" if cfg.distill else "train", dynamic_ncols=True)
     last_saved = resume_from
-    history = []
+    history = History(out_dir, accelerator.is_main_process)
+    save = lambda: save_run_checkpoint(accelerator, module, optimizer, scheduler, tokenizer, out_dir,  # noqa: E731
+                                       {"step": step, "epoch": step // steps_per_epoch}, cfg.keep_checkpoints)
     t_start = time.perf_counter()
     try:
         while step < total_steps:
@@ -152,6 +196,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
             for micro, batch in enumerate(loader, start=skip):
                 if micro >= steps_per_epoch * cfg.grad_accum or step >= total_steps:
                     break
+                collator.record(batch["skipped"])  # collation may have run in a worker process
                 last = (micro + 1) % cfg.grad_accum == 0
                 with nullcontext() if last else accelerator.no_sync(module):
                     t_out = run_teacher(teacher, batch, cfg.loss) if teacher is not None and batch["input_ids"] is not None else None
@@ -159,7 +204,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
                     accelerator.backward(terms["loss"] / cfg.grad_accum)
                 values = torch.stack([terms["loss"].detach().float()] + [terms.get(n, torch.zeros(())).detach().float().reshape(()) for n in TERMS])
                 finite = torch.isfinite(values).all().float()
-                sums += torch.cat([torch.nan_to_num(values), finite.reshape(1)])
+                sums += torch.cat([values, finite.reshape(1)])  # a NaN stays NaN: the error below shows it
                 if not last:
                     continue
                 sums = accelerator.reduce(sums, reduction="mean") / cfg.grad_accum
@@ -182,28 +227,21 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True) -> Path:
                 bar.update(1)
                 sums = torch.zeros_like(sums)
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                    last_saved = save_run_checkpoint(accelerator, module, tokenizer, out_dir,
-                                                     {"step": step, "epoch": epoch}, cfg.keep_checkpoints)
+                    last_saved = save()
     except KeyboardInterrupt:
-        # keep the work: save at the last completed optimizer step, then tell how to continue
-        saved = save_run_checkpoint(accelerator, module, tokenizer, out_dir, {"step": step, "epoch": step // steps_per_epoch}, cfg.keep_checkpoints)
-        raise AlignKDError(f"interrupted at step {step}; saved {saved}; continue with the same command plus --resume") from None
+        raise _interrupted(save, step, out_dir, last_saved) from None
     finally:
         bar.close()
+        history.close()
 
     # ---- save -------------------------------------------------------------------------------------
-    from alignkd.models.checkpoint import save_checkpoint
-
     accelerator.wait_for_everyone()
+    save_final(accelerator, module, tokenizer, out_dir)
+    collator.merge(_gather_skipped(collator))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(module)
-        save_checkpoint(unwrapped.student, tokenizer, out_dir / "student")
-        save_adapters(unwrapped, out_dir / "adapters.safetensors")
         summary = {"steps": step, "seconds": time.perf_counter() - t_start, "skipped_records": dict(collator.skipped),
-                   "skipped_summary": collator.summary(), "final": history[-1] if history else None}
+                   "skipped_summary": collator.summary(), "final": history.last}
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with (out_dir / "history.jsonl").open("a") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
         accelerator.print(f"{collator.summary()}; student written to {out_dir / 'student'}")
     accelerator.end_training()
     return out_dir

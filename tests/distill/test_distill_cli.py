@@ -34,3 +34,20 @@ def test_unknown_key_and_wrong_command(world, teacher_ckpt, tmp_path):
     assert done.returncode == 2 and "unknown config key 'optim.lrr'" in done.stderr
     done = _cli("train", "-c", str(path))
     assert done.returncode == 2 and "names a teacher" in done.stderr
+
+
+def test_used_output_dir_needs_resume_or_overwrite(world, teacher_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(synth_config(world, teacher_ckpt, out)))  # what an earlier run left
+    (out / "history.jsonl").write_text('{"step": 1}\n')
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(synth_config(world, teacher_ckpt, out)))
+    done = _cli("distill", "-c", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "already holds a training run" in done.stderr and "--resume" in done.stderr and "--overwrite" in done.stderr
+    assert (out / "history.jsonl").read_text() == '{"step": 1}\n'
+    done = _cli("train", "-c", str(path), "teacher=null", "--resume", "--overwrite")
+    assert done.returncode == 2 and "--resume and --overwrite exclude each other" in done.stderr
+    done = _cli("distill", "-c", str(path), "--resume", "--resume-from", str(out / "checkpoints" / "step-2"))
+    assert done.returncode == 2 and "--resume and --resume-from exclude each other" in done.stderr

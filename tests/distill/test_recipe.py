@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,8 +71,10 @@ def test_mismatched_tokenizer_refused(world, teacher_ckpt, tmp_path, fixture_dir
 
 def test_non_finite_loss_stops_naming_step_and_terms(world, teacher_ckpt, tmp_path):
     cfg = synth_config(world, teacher_ckpt, tmp_path / "nan", max_steps=3, optim={"lr": 1e30, "max_grad_norm": 1e30})
-    with pytest.raises(AlignKDError, match=r"non-finite loss at step \d+: loss=.*ce=.*kd=.*attn=.*last good checkpoint"):
+    with pytest.raises(AlignKDError, match=r"non-finite loss at step \d+: loss=.*ce=.*kd=.*attn=.*last good checkpoint") as err:
         run(from_dict(TrainConfig, cfg), progress=False)
+    # the bad value is shown as it is (nan/inf), never as 0
+    assert re.search(r"loss=-?(nan|inf)", str(err.value)) and "loss=0," not in str(err.value), str(err.value)
 
 
 def test_resume_without_checkpoint(world, teacher_ckpt, tmp_path):
@@ -105,3 +108,25 @@ def test_pair_checks_name_both_values(world, teacher_ckpt):
     other.config.llm.vocab_size += 1
     with pytest.raises(AlignKDError, match="vocabulary size: teacher 512, student 513"):
         check_pair(teacher, t_tok, other, s_tok)
+
+
+def test_skipped_records_counted_once_over_epochs_and_workers(world, teacher_ckpt, tmp_path, monkeypatch):
+    """Two epochs with a DataLoader worker: a missing image and a pixel bomb are one skipped record each, and the
+    bomb (PIL's DecompressionBombError) is skipped like any bad image instead of stopping the run."""
+    import shutil
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    shutil.copytree(world / "train" / "images", images)
+    Image.new("RGB", (200, 200)).save(images / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200x200 is over twice the limit, the world's 64x64 is not
+    records = json.loads((world / "train" / "finetune.json").read_text())[:8]
+    records[1]["image"], records[5]["image"] = "missing.png", "bomb.png"
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    cfg = synth_config(world, teacher_ckpt, tmp_path / "run", teacher=None, max_steps=None, epochs=2)
+    cfg["data"].update(train=str(data), image_root=str(images), num_workers=1)
+    out = run(from_dict(TrainConfig, cfg), progress=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["skipped_records"] == {"missing_image": 1, "corrupt_image": 1}
