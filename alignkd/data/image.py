@@ -18,6 +18,13 @@ from alignkd.errors import AlignKDError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.BICUBIC, as "resample" in preprocessor_config.json
+# Largest image decoded: PIL's own warning threshold (about 89 MP, a 9459 x 9459 square; ~270 MB as RGB). The
+# model sees 336 x 336, so anything larger is a mistake or a decompression bomb.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageTooLargeError(AlignKDError):
+    """An image whose header declares more pixels than the cap; nothing was decoded."""
 
 
 @dataclass
@@ -79,19 +86,35 @@ class ImageConfig:
         return out
 
 
-def load_image(path: str | Path):
-    """Open an image file as RGB, or fail with the file's name."""
+def load_image(path: str | Path, max_pixels: int | None = None):
+    """Open an image file as RGB, or fail with the file's name.
+
+    The size is read from the header and checked against `max_pixels` (default MAX_IMAGE_PIXELS) before any
+    pixel is decoded, so a decompression bomb costs nothing; callers may catch the AlignKDError to skip a file.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not path.is_file():
         raise AlignKDError(f"image file {path} does not exist; pass the path of a PNG/JPEG image")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            _check_pixels(path, img.size, limit)
             img.load()
             return img.convert("RGB")
+    except Image.DecompressionBombError:  # PIL's own cap fired first (a size far above its limit)
+        raise ImageTooLargeError(f"image {path} has more pixels than the limit of {limit:,} and is not decoded; "
+                                 "resize it (the model sees it at a few hundred pixels a side)") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise AlignKDError(f"cannot decode image {path} ({err}); re-save it as PNG or JPEG") from err
+
+
+def _check_pixels(path: Path, size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
+        raise ImageTooLargeError(f"image {path} is {width}x{height} = {width * height:,} pixels, above the limit of {limit:,}; "
+                                 "resize it (the model sees it at a few hundred pixels a side)")
 
 
 def expand_to_square(img, colour: tuple[int, int, int]):

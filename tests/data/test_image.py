@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from alignkd.data.image import ImageConfig, ImageProcessor, expand_to_square, load_image
 from alignkd.errors import AlignKDError
@@ -44,3 +44,39 @@ def test_corrupt_and_missing_image(tmp_path):
         load_image(bad)
     with pytest.raises(AlignKDError, match="does not exist"):
         load_image(tmp_path / "nope.jpg")
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height but holds no pixel data: opening it reads only the header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_one_error_naming_file_and_limit(tmp_path):
+    """20000 x 20000 (400 MP): PIL's own DecompressionBombError becomes one AlignKDError, nothing is decoded."""
+    from alignkd.data.image import MAX_IMAGE_PIXELS, ImageTooLargeError
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(ImageTooLargeError, match=f"bomb.png.*limit of {MAX_IMAGE_PIXELS:,}.*resize it") as err:
+        load_image(bomb)
+    assert isinstance(err.value, AlignKDError)
+
+
+def test_pixel_cap_is_checked_before_decoding(tmp_path, monkeypatch):
+    """Below PIL's own cap but above ours: refused from the header, before load() decodes anything."""
+    from alignkd.data.image import ImageTooLargeError
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1))
+    with pytest.raises(ImageTooLargeError, match=r"big.png is 40x30 = 1,200 pixels, above the limit of 1,000"):
+        load_image(path, max_pixels=1000)
+    assert not decoded
