@@ -63,13 +63,44 @@ def to_official_key(key: str) -> str:
     return key
 
 
+# config.json keys we read, by the JSON type they must have (the official files' types).
+_POSITIVE_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "max_position_embeddings", "mm_hidden_size", "max_sequence_length")
+_TYPED_KEYS = {
+    **{k: ((int,), "a positive integer") for k in _POSITIVE_INT_KEYS},
+    "mm_vision_select_layer": ((int,), "an integer"),
+    **{k: ((int, float), "a number") for k in ("rms_norm_eps", "rope_theta", "initializer_range", "attention_dropout")},
+    **{k: ((bool, type(None)), "true or false") for k in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_cache",
+                                                          "mm_use_im_start_end")},
+    **{k: ((str, type(None)), "a string") for k in ("model_type", "hidden_act", "mm_projector_type", "mm_vision_tower",
+                                                    "vision_tower_type", "mm_vision_select_feature", "image_aspect_ratio")},
+}
+
+
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise AlignKDError(f"{path} is missing: {what}")
     try:
-        return json.loads(path.read_text())
-    except ValueError as err:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
         raise AlignKDError(f"{path} is not valid JSON ({err}); restore it from the original checkpoint") from err
+    if not isinstance(data, dict):
+        raise AlignKDError(f"{path} holds a JSON {type(data).__name__}, not an object of settings; restore it from the original checkpoint")
+    return data
+
+
+def _check_types(raw: dict, path: Path) -> None:
+    """One sentence for the first key of the wrong type, instead of a TypeError deep inside model building."""
+    for key, (types, wanted) in _TYPED_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        is_bool = isinstance(value, bool)
+        bad = not isinstance(value, types) or (is_bool and bool not in types)
+        if not bad and key in _POSITIVE_INT_KEYS:
+            bad = value < 1
+        if bad:
+            raise AlignKDError(f"{path}: {key} must be {wanted}, not {json.dumps(value)}; restore config.json from the original checkpoint")
 
 
 def _vision_config(folder: Path, raw: dict, vision_tower: Path | None) -> tuple[CLIPVisionConfig, ImageConfig]:
@@ -98,9 +129,13 @@ def _vision_config(folder: Path, raw: dict, vision_tower: Path | None) -> tuple[
 def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> MobileVLMConfig:
     """Parse an official config.json (and the CLIP config) into a MobileVLMConfig, refusing what we cannot run."""
     folder = Path(folder)
+    if folder.is_file():
+        raise AlignKDError(f"checkpoint path {folder} is a file, but a checkpoint is a folder; pass the MobileVLM checkpoint folder "
+                           "that holds config.json, the weights and tokenizer.model")
     if not folder.is_dir():
         raise AlignKDError(f"checkpoint folder {folder} does not exist; pass a MobileVLM checkpoint folder (config.json, weights, tokenizer.model)")
     raw = _read_json(folder / "config.json", "a MobileVLM checkpoint folder needs config.json")
+    _check_types(raw, folder / "config.json")
     archs = raw.get("architectures") or []
     if raw.get("model_type") != "mobilevlm" and "MobileLlamaForCausalLM" not in archs:
         raise AlignKDError(
@@ -160,6 +195,22 @@ def _weight_files(folder: Path) -> list[Path]:
     raise AlignKDError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
 
 
+def _load_pickle(path: Path) -> dict:
+    """torch.load with weights_only=True; a pickle that needs more than tensors is refused, never retried unsafely."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise
+        # torch's message suggests weights_only=False, which would run whatever the pickle names: not repeated.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        named = f" (it names {found.group(1)})" if found else ""
+        raise AlignKDError(f"weights file {path} holds objects that are not plain tensors{named} and is not loaded, for safety "
+                           "(unpickling them could run code); get the weights as model.safetensors or from a trusted source") from None
+
+
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under the official key names (pickles loaded with weights_only=True)."""
     state: dict[str, torch.Tensor] = {}
@@ -170,7 +221,9 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(str(path)))
             else:
-                state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+                state.update(_load_pickle(path))
+        except AlignKDError:
+            raise
         except Exception as err:  # corrupt or truncated file: name it
             raise AlignKDError(f"cannot read weights file {path} ({type(err).__name__}: {err}); it is corrupt or truncated, download it again") from err
     return state

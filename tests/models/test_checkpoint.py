@@ -134,3 +134,57 @@ def test_missing_tokenizer(ckpt_copy):
     (ckpt_copy / "tokenizer.model").unlink()
     with pytest.raises(AlignKDError, match="tokenizer.model is missing"):
         load_checkpoint(ckpt_copy)
+
+
+def test_checkpoint_path_that_is_a_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"x")
+    with pytest.raises(AlignKDError, match="is a file, but a checkpoint is a folder") as err:
+        load_config(path)
+    assert "does not exist" not in str(err.value)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('"config"', "holds a JSON str, not an object"),
+])
+def test_config_that_is_not_an_object(ckpt_copy, content, message):
+    (ckpt_copy / "config.json").write_text(content)
+    with pytest.raises(AlignKDError, match=message):
+        load_config(ckpt_copy)
+
+
+@pytest.mark.parametrize("key,value,wanted", [
+    ("hidden_size", "64", "a positive integer"),
+    ("num_hidden_layers", 0, "a positive integer"),
+    ("vocab_size", 1.5, "a positive integer"),
+    ("mm_vision_select_layer", "-2", "an integer"),
+    ("rms_norm_eps", "1e-6", "a number"),
+    ("tie_word_embeddings", "no", "true or false"),
+    ("mm_projector_type", 3, "a string"),
+    ("num_attention_heads", True, "a positive integer"),
+])
+def test_config_with_wrong_types(ckpt_copy, key, value, wanted):
+    _edit_config(ckpt_copy, **{key: value})
+    with pytest.raises(AlignKDError, match=f"config.json: {key} must be {wanted}, not {json.dumps(value)}"):
+        load_checkpoint(ckpt_copy)
+
+
+def test_unsafe_pickle_is_refused_without_running_it(ckpt_copy, tmp_path):
+    """A pytorch_model.bin whose pickle calls a function is refused by name; the function never runs."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # unpickling would call open(marker, "w"), creating the file
+            return (open, (str(marker), "w"))
+
+    state = read_state_dict(ckpt_copy)
+    state["payload"] = Payload()
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        (ckpt_copy / name).unlink(missing_ok=True)
+    torch.save(state, ckpt_copy / "pytorch_model.bin")
+    with pytest.raises(AlignKDError, match=r"pytorch_model.bin holds objects that are not plain tensors .*not loaded, for safety") as err:
+        load_checkpoint(ckpt_copy)
+    assert "weights_only=False" not in str(err.value) and "will likely succeed" not in str(err.value)
+    assert "corrupt or truncated" not in str(err.value)
+    assert not marker.exists()
