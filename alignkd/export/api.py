@@ -114,6 +114,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
+    mf.load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
     from alignkd.models.checkpoint import load_checkpoint, load_config
     from alignkd.models.mobilevlm import num_parameters
 

@@ -1,10 +1,13 @@
-"""The bundle's `manifest.json`: what it holds, file hashes, and validation against export/manifest.schema.json.
+"""The bundle's `manifest.json`: what it holds, file hashes, and validation against its JSON Schema.
 
 The manifest is the contract the runtime (`alignkd.runtime.bundle`) and the demo apps read: the model's
 config, the parts with their file / method names, input and output names, shapes and dtypes, the
 quantization scheme, tokenizer files and special ids, the image preprocessing constants, the prompt template
 with the image placeholder, the number of image tokens, the sha256 of every file, the source checkpoint's
 hash and the parity measured at export.
+
+The schema ships inside the package (`alignkd/export/manifest.schema.json`, package data), so a wheel install
+reads the same single copy as a checkout.
 
     python -m pytest tests/export/test_bundle.py -k manifest
 """
@@ -20,8 +23,7 @@ from alignkd.errors import AlignKDError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
-# The schema lives in the repository's top-level export/ folder (the contract shared with the apps).
-REPO_SCHEMA = Path(__file__).resolve().parents[2] / "export" / SCHEMA_NAME
+SCHEMA_PACKAGE = "alignkd.export"  # the one copy: package data next to this module, read by every reader
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -51,9 +53,15 @@ def checkpoint_hash(folder: Path) -> str:
 
 
 def load_schema() -> dict:
-    if not REPO_SCHEMA.is_file():
-        raise AlignKDError(f"the manifest schema {REPO_SCHEMA} is missing; run from a full alignkd checkout (it is the export/ contract)")
-    return json.loads(REPO_SCHEMA.read_text())
+    """The bundle schema from the installed package (importlib.resources, so zips and wheels work too)."""
+    from importlib.resources import files
+
+    resource = files(SCHEMA_PACKAGE) / SCHEMA_NAME
+    try:
+        return json.loads(resource.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise AlignKDError(f"the bundle schema {SCHEMA_NAME} of the installed alignkd package cannot be read ({err}); "
+                           "reinstall alignkd (pip install --force-reinstall alignkd)") from err
 
 
 def validate(manifest: dict, where: str = MANIFEST) -> None:
