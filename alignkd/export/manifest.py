@@ -7,7 +7,8 @@ with the image placeholder, the number of image tokens, the sha256 of every file
 hash and the parity measured at export.
 
 The schema ships inside the package (`alignkd/export/manifest.schema.json`, package data), so a wheel install
-reads the same single copy as a checkout.
+reads the same single copy as a checkout. Every path a manifest names (`files`, `parts`, tokenizer files) must
+stay inside the bundle folder, and every file the runtime loads must be listed in `files` and verified.
 
     python -m pytest tests/export/test_bundle.py -k manifest
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from alignkd.errors import AlignKDError
 
@@ -75,10 +76,50 @@ def validate(manifest: dict, where: str = MANIFEST) -> None:
         raise AlignKDError(f"{where} does not follow the bundle schema at {field}: {err.message}; re-export the bundle") from None
 
 
-def verify_files(folder: Path, manifest: dict) -> None:
-    """Refuse a missing, truncated or modified file, naming it."""
-    for rel, entry in manifest["files"].items():
+def bundle_path(folder: Path, rel: str, what: str) -> Path:
+    """`folder / rel`, refusing a path that leaves the bundle: absolute, with `..`, or through a symlink."""
+    folder = Path(folder)
+    escapes = (not isinstance(rel, str) or not rel.strip() or "\\" in rel or PurePosixPath(rel).is_absolute()
+               or PureWindowsPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts)
+    if not escapes:
         path = folder / rel
+        if path.resolve().is_relative_to(folder.resolve()):
+            return path
+    raise AlignKDError(f"{folder / MANIFEST}: {what} {rel!r} points outside the bundle folder (absolute, '..' or a symlink "
+                       "leading out); refusing to read it, re-export the bundle")
+
+
+def _listed(rel: str) -> str:
+    return PurePosixPath(rel).as_posix()  # "./model.pte" and "model.pte" name the same entry
+
+
+def check_references(folder: Path, manifest: dict) -> None:
+    """Every file the runtime will load (parts, tokenizer) lies inside the bundle and is listed in `files`.
+
+    Together with `verify_files` (which hashes every listed file) nothing unverified is ever loaded. A part
+    that is a folder (a Core ML .mlpackage) must have every file inside it listed.
+    """
+    folder = Path(folder)
+    listed = {_listed(rel) for rel in manifest["files"]}
+    refs = [(f"part {name}", part["file"]) for name, part in manifest["parts"].items()]
+    refs += [(f"tokenizer file {key}", rel) for key, rel in manifest["tokenizer"]["files"].items()]
+    for what, rel in refs:
+        path = bundle_path(folder, rel, what)
+        if path.is_dir():
+            inside = [p.relative_to(folder).as_posix() for p in sorted(path.rglob("*")) if p.is_file() or p.is_symlink()]
+            unlisted = [p for p in inside if p not in listed]
+            if unlisted or not inside:
+                extra = f"{unlisted[0]} is not listed in files" if unlisted else "it is empty"
+                raise AlignKDError(f"bundle {what} {path} cannot be verified ({extra}); copy the whole bundle folder again or re-export it")
+        elif _listed(rel) not in listed:
+            raise AlignKDError(f"bundle {what} {rel!r} is not listed in {folder / MANIFEST} files, so it cannot be verified; "
+                               "re-export the bundle")
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Refuse a missing, truncated or modified file, naming it (and any path that leaves the bundle)."""
+    for rel, entry in manifest["files"].items():
+        path = bundle_path(folder, rel, "file")
         if not path.is_file():
             raise AlignKDError(f"bundle file {path} is missing; copy the whole bundle folder again or re-export it")
         if path.stat().st_size != entry["bytes"]:

@@ -1,8 +1,9 @@
 """Load an exported bundle (a folder with manifest.json) as a `LoadedModel` for the generation loop.
 
-The manifest is validated against export/manifest.schema.json and every listed file's sha256 is checked
-before anything is loaded, so a tampered or truncated file is refused by name. The backend is picked by the
-manifest's target (ExecuTorch, ONNX, Core ML).
+The manifest is validated against the bundle schema (alignkd/export/manifest.schema.json), every path it names
+must stay inside the bundle, every file the backend loads must be listed, and every listed file's sha256 is
+checked before anything is loaded, so a tampered, truncated or smuggled-in file is refused by name. The
+backend is picked by the manifest's target (ExecuTorch, ONNX, Core ML).
 
     alignkd generate --model out/tiny_et --image photo.png --prompt "What is in the picture?" --json
 """
@@ -15,12 +16,15 @@ from alignkd.errors import AlignKDError
 
 
 def make_backend(folder: Path, manifest: dict, threads: int | None = None):
-    """The Backend for a bundle folder and its (already checked) manifest."""
+    """The Backend for a bundle folder and its (schema-valid, hash-verified) manifest."""
+    from alignkd.export.manifest import bundle_path, check_references
+
+    check_references(folder, manifest)  # no part outside the bundle or missing from `files`
     target, model = manifest["target"], manifest["model"]
     if target == "executorch":
         from alignkd.runtime.executorch_backend import ExecuTorchBackend
 
-        pte = folder / manifest["parts"]["text_decoder"]["file"]
+        pte = bundle_path(folder, manifest["parts"]["text_decoder"]["file"], "part text_decoder")
         return ExecuTorchBackend(pte, manifest["max_seq_len"], model["vocab_size"])
     if target == "onnx":
         from alignkd.runtime.onnx_backend import OnnxBackend
