@@ -104,19 +104,24 @@ def splice_prompt(backend: Backend, input_ids: list[int], pixel_values: torch.Te
     return torch.cat([p.to(pieces[0].dtype) for p in pieces], dim=1), vision_s
 
 
+def _check_context(n_positions: int, backend: Backend, what: str) -> None:
+    if n_positions >= backend.max_seq_len:
+        raise AlignKDError(f"the prompt takes {n_positions} positions ({what}) but the model's context is "
+                           f"{backend.max_seq_len}, which leaves no room for an answer; shorten the prompt")
+
+
 def generate(backend: Backend, tokenizer, prompt: str, pixel_values: torch.Tensor | None = None,
              config: GenerationConfig | None = None, template: str = "v1", on_token=None) -> GenerationResult:
     """Run the loop on a full prompt string (see `build_prompt`). `on_token(id, text_so_far)` streams."""
     cfg = config or GenerationConfig()
     stops = cfg.stop_strings if cfg.stop_strings is not None else (get_template(template).stop_str,)
     input_ids = tokenize_with_image(prompt, tokenizer)
+    # The text alone is checked before any part runs: a bundle's runtime fails on an over-long chunk with
+    # only an error code (ExecuTorch: "set_inputs ... error 0x10").
+    _check_context(sum(t != IMAGE_TOKEN_INDEX for t in input_ids), backend, "its text alone")
     embeds, vision_s = splice_prompt(backend, input_ids, pixel_values)
     n_prompt = embeds.shape[1]
-    if n_prompt >= backend.max_seq_len:
-        raise AlignKDError(
-            f"the prompt takes {n_prompt} positions (text plus image tokens) but the model's context is "
-            f"{backend.max_seq_len}; shorten the prompt"
-        )
+    _check_context(n_prompt, backend, "text plus image tokens")
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     logits = backend.prefill(embeds)

@@ -119,3 +119,43 @@ def test_other_schemes(bundles, quant, options):
     if options.get("vision_quant") == "int8":
         assert m["parts"]["vision_encoder"]["quant"] == "int8" and m["parts"]["token_embedding"]["quant"] == "int4"
         assert m["parity"]["parts"]["vision_encoder"]["cosine"] > 0.9
+
+
+def test_prompt_longer_than_the_bundle_is_one_error(bundles, fixture_dir):
+    """ExecuTorch's own failure is `set_inputs ... error 0x10`; the length is checked before any part runs."""
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.run import generate_from_checkpoint
+
+    long_question = "Describe the picture in detail, please. " * 80  # ~700 text positions > max_seq_len 512
+    with pytest.raises(AlignKDError, match=r"the prompt takes \d+ positions \(its text alone\) but the model's context is 512.*shorten the prompt"):
+        generate_from_checkpoint(bundles("executorch", "fp32"), long_question, fixture_dir / "images" / "img0.png")
+
+
+def test_backend_refuses_a_chunk_past_the_exported_bound(bundles):
+    import torch
+
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.executorch_backend import ExecuTorchBackend
+
+    backend = ExecuTorchBackend(bundles("executorch", "fp32") / "model.pte", 512, 512)
+    assert backend.embed_tokens(torch.ones(1, 511, dtype=torch.long)).shape[1] == 511
+    with pytest.raises(AlignKDError, match="needs 512 positions but this ExecuTorch bundle holds at most 511"):
+        backend.embed_tokens(torch.ones(1, 512, dtype=torch.long))
+    with pytest.raises(AlignKDError, match="re-export with a larger --max-seq-len"):
+        backend.decode(torch.zeros(1, 1, 64), 512)
+
+
+def test_manifest_max_seq_len_above_the_program_is_refused_at_load(bundles, tmp_path):
+    import json
+    import shutil
+
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.bundle import load_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles("executorch", "fp32"), copy)
+    m = manifest_of(copy)
+    m["max_seq_len"] = 1024  # the program's cache (get_max_seq_len) holds 512
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(AlignKDError, match="manifest says max_seq_len 1024 but .*model.pte was exported with 512"):
+        load_bundle(copy)
