@@ -55,9 +55,10 @@ def checkpoint_hash(folder: Path) -> str:
 
 def load_schema() -> dict:
     """The bundle schema from the installed package (importlib.resources, so zips and wheels work too)."""
+    import sys
     from importlib.resources import files
 
-    resource = files(SCHEMA_PACKAGE) / SCHEMA_NAME
+    resource = files(sys.modules[SCHEMA_PACKAGE]) / SCHEMA_NAME  # the package is loaded: this module is in it
     try:
         return json.loads(resource.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
