@@ -1,9 +1,10 @@
 """`export_bundle`: a MobileVLM checkpoint -> a self-describing bundle folder (manifest.json + parts), with parity.
 
-Steps: validate every option (before loading anything), load the checkpoint, write the target's parts and the
-tokenizer files into a hidden staging folder next to `out`, load the staged bundle through the same runtime
-backend `alignkd generate` uses, measure parity against the eager model, write the manifest, then rename the
-staging folder to `out`. A failed export leaves no `out` behind. The checkpoint is only read.
+Steps: validate every option and the output folder (before loading anything), create a hidden staging folder
+next to `out` (removing stale ones of killed exports), load the checkpoint, write the target's parts and the
+tokenizer files into it, load the staged bundle through the same runtime backend `alignkd generate` uses,
+measure parity against the eager model, write the manifest, then rename the staging folder to `out`. A failed
+export leaves no `out` behind. The checkpoint is only read; `--overwrite` replaces only a bundle.
 
     alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target executorch --quant fp32 -o out/tiny_et
 """
@@ -29,10 +30,14 @@ def estimate_bytes(n_params: int, target: str) -> int:
 
 
 def _check_output(out: Path, overwrite: bool, n_params: int, target: str) -> None:
-    if out.exists() and not overwrite:
-        raise AlignKDError(f"output folder {out} already exists; pass --overwrite to replace it or choose another -o")
+    from alignkd.export.output import check_replaceable
+
     if out.exists() and not out.is_dir():
         raise AlignKDError(f"output path {out} is a file; pass a folder path for the bundle")
+    if out.exists() and not overwrite:
+        raise AlignKDError(f"output folder {out} already exists; pass --overwrite to replace it or choose another -o")
+    if out.exists():
+        check_replaceable(out)  # --overwrite replaces a bundle, never a user's folder
     probe = out.parent
     while not probe.exists():
         probe = probe.parent
@@ -105,10 +110,12 @@ def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embed
 def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
                   vision_quant: str = "fp32", max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
                   allow_drift: bool = False, calibration_images=None) -> Path:
-    """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant`; returns `out`."""
+    """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant`; returns `out`.
+    `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
     import resource
 
     from alignkd.export import manifest as mf
+    from alignkd.export.output import clean_stale_staging, make_staging, swap_in
     from alignkd.export.quantize import check_backend, check_options
 
     t0 = time.perf_counter()
@@ -129,10 +136,10 @@ def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group
     _check_output(out, overwrite, num_parameters(config), target)
     check_backend(target)
 
-    model, tokenizer = load_checkpoint(checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    clean_stale_staging(out)
+    staging = make_staging(out)
     try:
+        model, tokenizer = load_checkpoint(checkpoint)
         tokenizer_files = _write_tokenizer(tokenizer, staging)
         calibration = _calibration(calibration_images, config.image) if vision_quant == "int8" or target == "executorch" else []
         t_parts = time.perf_counter()
@@ -152,9 +159,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 2)
         manifest["export"]["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         mf.write_manifest(staging, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
