@@ -107,19 +107,20 @@ def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embed
     return export_coreml(model, staging, quant, block_size=group_size, max_seq_len=max_seq_len)
 
 
-def export_bundle(checkpoint: Path, target: str, quant: str, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
+def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
                   vision_quant: str = "fp32", max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
                   allow_drift: bool = False, calibration_images=None) -> Path:
-    """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant`; returns `out`.
-    `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
+    """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant` (None: the target's default,
+    DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
     import resource
 
     from alignkd.export import manifest as mf
     from alignkd.export.output import clean_stale_staging, make_staging, swap_in
-    from alignkd.export.quantize import check_backend, check_options
+    from alignkd.export.quantize import DEFAULT_SCHEME, check_backend, check_options
 
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
+    quant = quant or DEFAULT_SCHEME.get(target, "fp32")
     check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
     mf.load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
     from alignkd.models.checkpoint import load_checkpoint, load_config

@@ -24,6 +24,8 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8", "int4"),
     "coreml": ("fp16", "int8", "int4", "palettize4"),
 }
+# What `--quant` means when omitted: full precision where the target has it; Core ML's floor is fp16.
+DEFAULT_SCHEME = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16"}
 VISION_QUANT = ("fp32", "int8")
 EMBEDDING_BITS = (4, 8)
 EXTRAS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
