@@ -394,6 +394,8 @@ def profile(
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(result) if as_json else format_profile(result))
+    if "plot_error" in result:  # after the measurements, which are printed in full
+        _fail(AlignKDError(result["plot_error"]))
 
 
 runtime_app = typer.Typer(help="The native (C++) runner for ExecuTorch bundles: build it.", no_args_is_help=True)

@@ -144,6 +144,7 @@ def profile(model_path, device: str = "host", runs: int = 5, warmup: int = 1, im
     """Median and p90 of each latency over `runs` measured rounds (after `warmup`); see the module docstring.
 
     `image`: a path, a PIL image or None (a synthetic picture); `prompt`: the question (None: ~190 positions).
+    A plot that cannot be written does not lose the measurements: they are returned with `plot_error` set.
     """
     block = _device_block(device)  # before anything heavy: a phone request fails in a second
     if runs < 1 or warmup < 0 or max_new_tokens < 2:
@@ -173,7 +174,11 @@ def profile(model_path, device: str = "host", runs: int = 5, warmup: int = 1, im
     out["p90"] = {m: _percentile([r[m] for r in raw], 90) for m in METRICS}
     out["raw"] = raw
     if plot is not None:
-        out["plot"] = str(plot_latency(out, plot))
+        try:
+            out["plot"] = str(plot_latency(out, plot))
+        except OSError as err:  # unwritable place: the measurements are kept and reported, the plot error beside them
+            out["plot_error"] = (f"cannot write the plot {plot} ({err.strerror or err}); the measurements are complete, "
+                                 "pass a --plot path in a folder you can write to")
     return out
 
 

@@ -69,3 +69,22 @@ def test_bad_numbers_and_model(tmp_path, fixture_dir):
         profile(fixture_dir / "checkpoint", runs=0)
     with pytest.raises(AlignKDError, match="neither a checkpoint folder"):
         profile(tmp_path, runs=1, warmup=0)
+
+
+def test_unwritable_plot_keeps_the_measurements(fixture_dir, tmp_path):
+    """`alignkd profile --plot` into a place that cannot be written: the table is printed, then one error line."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed: --plot is optional")
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    (tmp_path / "file.txt").write_text("x")
+    plot = tmp_path / "file.txt" / "latency.png"  # under a file: unwritable even for root
+    result = CliRunner().invoke(app, ["profile", str(fixture_dir / "checkpoint"), "--runs", "1", "--warmup", "0",
+                                      "--max-new-tokens", "2", "--plot", str(plot), "--json"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    measured = json.loads(result.stdout)
+    assert measured["decode_tokens"] == 1 and measured["load_s"] > 0 and "plot" not in measured
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # torch may log warnings too
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert errors[0].startswith(f"error: cannot write the plot {plot} (") and "measurements are complete" in errors[0]
