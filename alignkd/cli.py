@@ -242,7 +242,7 @@ def export(
     vision_quant: str = typer.Option("fp32", "--vision-quant", help="ExecuTorch vision encoder: fp32 or int8 (PT2E, calibrated)."),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="KV-cache length of the decoder (prompt + image tokens + answer)."),
     calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Images for int8 vision calibration (default: synthetic)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder (only a folder holding an alignkd bundle and nothing else; others are refused)."),
     allow_drift: bool = typer.Option(False, "--allow-drift", help="Write a quantized bundle even below the parity thresholds."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle (vision_encoder / token_embedding / text_decoder), with parity measured and recorded."""
