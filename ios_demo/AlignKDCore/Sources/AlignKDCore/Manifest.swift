@@ -1,7 +1,7 @@
 import CryptoKit
 import Foundation
 
-/// A bundle's manifest.json (export/manifest.schema.json), read and checked as alignkd.export.manifest does:
+/// A bundle's manifest.json (alignkd/export/manifest.schema.json), read and checked as alignkd.export.manifest does:
 /// required fields, format version, the target this app runs, the sha256 and size of every file.
 /// Mirrors Manifest.java (android_demo/core), whose tests cover the same checks.
 public struct Manifest {
