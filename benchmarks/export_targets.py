@@ -126,7 +126,7 @@ def main() -> None:
     if args.child:
         return child_export(*args.child, args.max_seq_len, args.group_size)
     if args.child_eager:
-        from alignkd.runtime.generation import load_model
+        from alignkd.runtime.loader import load_model
 
         eager = load_model(args.child_eager)
         return print(json.dumps(time_backend(eager.backend, eager.tokenizer, eager.image_config, args.threads)))

@@ -173,7 +173,7 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
     and settings (`alignkd.eval.provenance`); otherwise this refuses, or with `overwrite` deletes them first.
     """
     from alignkd.data.image import ImageProcessor
-    from alignkd.runtime.generation import load_model
+    from alignkd.runtime.loader import load_model
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if blind and shuffled:

@@ -114,6 +114,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
     import resource
 
+    from alignkd.contract.manifest import load_schema
     from alignkd.export import manifest as mf
     from alignkd.export.output import clean_stale_staging, make_staging, swap_in
     from alignkd.export.quantize import DEFAULT_SCHEME, check_backend, check_options
@@ -122,7 +123,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     checkpoint, out = Path(checkpoint), Path(out)
     quant = quant or DEFAULT_SCHEME.get(target, "fp32")
     check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
-    mf.load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
+    load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
     from alignkd.models.checkpoint import load_checkpoint, load_config
     from alignkd.models.mobilevlm import num_parameters
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignkd.export.parts import StatefulDecoder, TokenEmbedding, VisionEncoder, causal_mask
+from alignkd.contract.decoder import causal_mask
+from alignkd.export.parts import StatefulDecoder, TokenEmbedding, VisionEncoder
 from alignkd.export.quantize import coreml_compress
 
 FILES = {"vision_encoder": "vision_encoder.mlpackage", "token_embedding": "token_embedding.mlpackage",

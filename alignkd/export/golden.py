@@ -25,7 +25,8 @@ def write_golden(out: Path = GOLDEN_DIR, checkpoint: Path = TINY_CHECKPOINT) -> 
     from alignkd.data.templates import tokenize_with_image
     from alignkd.export.parity import MAX_NEW_TOKENS, golden_pairs
     from alignkd.export.manifest import checkpoint_hash
-    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate, load_model
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
+    from alignkd.runtime.loader import load_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

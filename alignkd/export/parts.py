@@ -149,13 +149,6 @@ class StatefulDecoder(nn.Module):
         return self.llm.lm_head(self.llm.model.norm(h))
 
 
-def causal_mask(past: int, seq: int, dtype=torch.float32) -> torch.Tensor:
-    """Additive mask [1,1,seq,past+seq]: row i sees positions <= past + i."""
-    total = past + seq
-    allowed = torch.arange(total)[None, :] <= (past + torch.arange(seq))[:, None]
-    return torch.where(allowed, 0.0, float("-inf")).to(dtype)[None, None]
-
-
 @torch.inference_mode()
 def check_vision_encoder(model: MobileVLM, pixel_values: torch.Tensor) -> float:
     """Max-abs difference between the truncated encoder and the eager `encode_images` (expected ~1e-6)."""

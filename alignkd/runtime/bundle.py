@@ -1,6 +1,6 @@
 """Load an exported bundle (a folder with manifest.json) as a `LoadedModel` for the generation loop.
 
-The manifest is validated against the bundle schema (alignkd/export/manifest.schema.json), every path it names
+The manifest is validated against the bundle schema (alignkd/contract/manifest.schema.json), every path it names
 must stay inside the bundle, every file the backend loads must be listed, and every listed file's sha256 is
 checked before anything is loaded, so a tampered, truncated or smuggled-in file is refused by name. The
 backend is picked by the manifest's target (ExecuTorch, ONNX, Core ML).
@@ -17,7 +17,7 @@ from alignkd.errors import AlignKDError
 
 def make_backend(folder: Path, manifest: dict, threads: int | None = None):
     """The Backend for a bundle folder and its (schema-valid, hash-verified) manifest."""
-    from alignkd.export.manifest import bundle_path, check_references
+    from alignkd.contract.manifest import bundle_path, check_references
 
     check_references(folder, manifest)  # no part outside the bundle or missing from `files`
     target, model = manifest["target"], manifest["model"]
@@ -42,7 +42,7 @@ def load_bundle(path, threads: int | None = None):
     """Verify and load a bundle folder; returns a LoadedModel (kind = the bundle's target)."""
     from alignkd.data.image import ImageConfig
     from alignkd.data.tokenizer import Tokenizer
-    from alignkd.export.manifest import read_manifest, verify_files
+    from alignkd.contract.manifest import read_manifest, verify_files
     from alignkd.runtime.generation import LoadedModel
 
     folder = Path(path)

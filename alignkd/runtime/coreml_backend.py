@@ -45,7 +45,7 @@ class CoreMLBackend:
         return torch.from_numpy(np.asarray(out["embeddings"], dtype=np.float32))
 
     def _run(self, embeds, past: int):
-        from alignkd.export.parts import causal_mask
+        from alignkd.contract.decoder import causal_mask
 
         mask = causal_mask(past, embeds.shape[1]).numpy()
         out = self._decoder.predict({"inputs_embeds": embeds.float().numpy(), "causal_mask": mask}, state=self._state)

@@ -214,23 +214,3 @@ class LoadedModel:
     template: str = "v1"
     size_bytes: int = 0  # on disk
     info: dict = field(default_factory=dict)
-
-
-def load_model(path, dtype: str = "float32", vision_tower=None) -> LoadedModel:
-    """A checkpoint folder (config.json) or an exported bundle (manifest.json), as a LoadedModel."""
-    from pathlib import Path
-
-    path = Path(path)
-    if (path / "manifest.json").is_file():
-        from alignkd.runtime.bundle import load_bundle  # exported bundles: the export stage's backends
-
-        return load_bundle(path)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise AlignKDError(f"{path} is neither a checkpoint folder (config.json) nor an exported bundle (manifest.json); "
-                           "pass a MobileVLM checkpoint folder or a folder written by `alignkd export`.")
-    from alignkd.models.checkpoint import load_checkpoint
-
-    model, tokenizer = load_checkpoint(path, dtype=getattr(torch, dtype), vision_tower=vision_tower)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-    return LoadedModel(EagerBackend(model), tokenizer, model.config.image, "checkpoint", str(path), size_bytes=size,
-                       info={"dtype": dtype, "context_length": model.config.context_length})

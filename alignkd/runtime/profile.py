@@ -111,7 +111,8 @@ def fit_prompt(loaded, n_image_tokens: int, target: int = PREFILL_TARGET) -> str
 
 def _one_round(model_path, dtype: str, image, prompt: str | None, max_new_tokens: int) -> tuple[dict, str]:
     from alignkd.data.image import ImageProcessor
-    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate, load_model
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
+    from alignkd.runtime.loader import load_model
 
     reset = _reset_peak_rss()
     t0 = time.perf_counter()

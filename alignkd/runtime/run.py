@@ -16,7 +16,8 @@ def generate_from_checkpoint(model_dir: Path, question: str, image: Path | None 
                              vision_tower: Path | None = None, stream=None):
     """Greedy (or sampled) answer of a checkpoint folder or exported bundle; returns a GenerationResult."""
     from alignkd.data.image import ImageProcessor, load_image
-    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate, load_model
+    from alignkd.runtime.generation import GenerationConfig, build_prompt, generate
+    from alignkd.runtime.loader import load_model
 
     images = [load_image(image)] if image is not None else []
     # Check the prompt before paying for the model load.

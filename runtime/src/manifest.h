@@ -1,5 +1,5 @@
 // The bundle's manifest.json as this runner needs it, read and checked against the bundle schema
-// (alignkd/export/manifest.schema.json). Only ExecuTorch bundles run here.
+// (alignkd/contract/manifest.schema.json). Only ExecuTorch bundles run here.
 #pragma once
 
 #include "error.h"

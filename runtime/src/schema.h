@@ -1,5 +1,5 @@
 // A small JSON Schema (draft 2020-12 subset) checker for the bundle manifest, so the C++ reader holds a
-// manifest to the same contract file as Python (alignkd/export/manifest.schema.json, compiled into the runner).
+// manifest to the same contract file as Python (alignkd/contract/manifest.schema.json, compiled into the runner).
 // Keywords honoured: type, const, enum, required, properties, additionalProperties, items, minItems,
 // maxItems, minProperties, minimum, maximum, pattern, $ref (#/$defs/...). Others are ignored.
 #pragma once

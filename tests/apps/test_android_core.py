@@ -64,7 +64,7 @@ def test_shared_resources_are_identical_for_java_and_swift():
 
 
 def test_manifest_resources_follow_the_current_schema():
-    from alignkd.export.manifest import validate
+    from alignkd.contract.manifest import validate
 
     manifests = sorted((RESOURCES / "manifests").glob("*.json"))
     assert {p.name for p in manifests} == {"executorch_8da4w.json", "coreml_fp16.json"}

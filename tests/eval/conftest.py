@@ -19,9 +19,9 @@ def answers():
 @pytest.fixture
 def no_load(monkeypatch):
     """Fails the test if the model is loaded: bad input must be caught before."""
-    from alignkd.runtime import generation
+    from alignkd.runtime import loader
 
     def refuse(*args, **kwargs):
         raise AssertionError("load_model was called")
 
-    monkeypatch.setattr(generation, "load_model", refuse)
+    monkeypatch.setattr(loader, "load_model", refuse)

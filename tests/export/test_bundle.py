@@ -11,7 +11,8 @@ from tests.export.conftest import manifest_of
 
 def test_manifest_validates_and_describes_bundle(bundles, checkpoint):
     from alignkd.data.image import ImageConfig
-    from alignkd.export.manifest import checkpoint_hash, sha256_file, validate
+    from alignkd.contract.manifest import sha256_file, validate
+    from alignkd.export.manifest import checkpoint_hash
 
     bundle = bundles("onnx", "fp32")
     m = manifest_of(bundle)
@@ -67,7 +68,7 @@ def test_invalid_manifest_refused(bundles, tmp_path):
 
 
 def test_load_model_dispatches_to_bundle(bundles):
-    from alignkd.runtime.generation import load_model
+    from alignkd.runtime.loader import load_model
 
     loaded = load_model(bundles("onnx", "fp32"))
     assert loaded.kind == "onnx" and loaded.backend.max_seq_len == 512 and loaded.size_bytes > 0
@@ -129,7 +130,7 @@ def test_tokenizer_file_not_listed_is_refused(bundles, tmp_path, monkeypatch):
 
 
 def test_files_entry_outside_the_bundle_is_not_hashed(bundles, tmp_path, monkeypatch):
-    from alignkd.export import manifest as mf
+    from alignkd.contract import manifest as mf
 
     secret = tmp_path / "secret.txt"
     secret.write_text("not yours")

@@ -12,7 +12,7 @@ import pytest
 from alignkd.errors import AlignKDError
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_IN_WHEEL = "alignkd/export/manifest.schema.json"
+SCHEMA_IN_WHEEL = "alignkd/contract/manifest.schema.json"
 
 
 def test_wheel_ships_the_schema_and_an_installed_copy_reads_it(tmp_path):
@@ -27,7 +27,7 @@ def test_wheel_ships_the_schema_and_an_installed_copy_reads_it(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         assert SCHEMA_IN_WHEEL in zf.namelist()
         zf.extractall(site)  # a pure-Python wheel installs by unpacking
-    code = ("import alignkd; from alignkd.export.manifest import load_schema; "
+    code = ("import alignkd; from alignkd.contract.manifest import load_schema; "
             "print(alignkd.__file__); print(load_schema()['title'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(site)})
@@ -43,7 +43,8 @@ def test_one_schema_copy_in_the_repository():
 
 
 def test_export_checks_the_schema_before_loading_the_checkpoint(checkpoint, tmp_path, monkeypatch):
-    from alignkd.export import export_bundle, manifest
+    from alignkd.contract import manifest
+    from alignkd.export import export_bundle
 
     monkeypatch.setattr(manifest, "SCHEMA_NAME", "gone.schema.json")
     monkeypatch.setattr("alignkd.models.checkpoint.load_checkpoint", lambda *a, **k: pytest.fail("checkpoint loaded"))

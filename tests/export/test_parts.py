@@ -2,7 +2,8 @@
 
 import torch
 
-from alignkd.export.parts import PastKVDecoder, StatefulDecoder, VisionEncoder, causal_mask, check_vision_encoder
+from alignkd.contract.decoder import causal_mask
+from alignkd.export.parts import PastKVDecoder, StatefulDecoder, VisionEncoder, check_vision_encoder
 
 
 def test_vision_encoder_truncated_equals_eager(official, fixture_dir):

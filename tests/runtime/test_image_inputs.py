@@ -12,7 +12,7 @@ def test_huge_image_is_one_line_naming_file_and_limit(command, fixture_dir, tmp_
     from alignkd.cli import app
     from alignkd.data.image import MAX_IMAGE_PIXELS
 
-    monkeypatch.setattr("alignkd.runtime.generation.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("alignkd.runtime.loader.load_model", lambda *a, **k: pytest.fail("model loaded"))
     bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
     model = str(fixture_dir / "checkpoint")
     args = (["generate", "--model", model, "--prompt", "what?", "--image", str(bomb)] if command == "generate"

@@ -1,7 +1,7 @@
 import CryptoKit
 import Foundation
 
-/// A bundle's manifest.json (alignkd/export/manifest.schema.json), read and checked as alignkd.export.manifest does:
+/// A bundle's manifest.json (alignkd/contract/manifest.schema.json), read and checked as alignkd.contract.manifest does:
 /// required fields, format version, the target this app runs, the sha256 and size of every file.
 /// Mirrors Manifest.java (android_demo/core), whose tests cover the same checks.
 public struct Manifest {
@@ -162,7 +162,7 @@ public struct Manifest {
         }
     }
 
-    /// Refuse a missing, truncated or modified file, naming it (alignkd.export.manifest.verify_files).
+    /// Refuse a missing, truncated or modified file, naming it (alignkd.contract.manifest.verify_files).
     public func verifyFiles(folder: URL) throws {
         for rel in files.keys.sorted() {
             let entry = files[rel]!

@@ -19,7 +19,7 @@ import org.json.JSONException;
 import org.json.JSONObject;
 
 /**
- * A bundle's manifest.json (alignkd/export/manifest.schema.json), read and checked the way alignkd.export.manifest does:
+ * A bundle's manifest.json (alignkd/contract/manifest.schema.json), read and checked the way alignkd.contract.manifest does:
  * the required fields, the format version, the target this app runs, and the sha256 and size of every file.
  *
  * <p>Only the fields an app needs are checked in depth; a full JSON Schema validator is not worth its weight
@@ -195,7 +195,7 @@ public final class Manifest {
         }
     }
 
-    /** Refuse a missing, truncated or modified file, naming it (alignkd.export.manifest.verify_files). */
+    /** Refuse a missing, truncated or modified file, naming it (alignkd.contract.manifest.verify_files). */
     public void verifyFiles(File folder) throws BundleException {
         for (Map.Entry<String, FileEntry> e : files.entrySet()) {
             File file = new File(folder, e.getKey());
