@@ -21,6 +21,5 @@ dependencies {
 tasks.test {
     // The tests read export/golden/ and the tiny fixture's tokenizer from the repository.
     systemProperty("alignkd.root", rootDir.parentFile.absolutePath)
-    systemProperty("alignkd.resources", file("src/test/resources").absolutePath)
     exclude("**/Golden*", "**/ProfileSample*")
 }

@@ -10,10 +10,7 @@ let package = Package(
     products: [.library(name: "AlignKDCore", targets: ["AlignKDCore"])],
     targets: [
         .target(name: "AlignKDCore"),
-        .testTarget(
-            name: "AlignKDCoreTests",
-            dependencies: ["AlignKDCore"],
-            resources: [.copy("Resources")]
-        ),
+        // The tests read the repository's export/golden/ in place (the vectors every reader shares).
+        .testTarget(name: "AlignKDCoreTests", dependencies: ["AlignKDCore"]),
     ]
 )

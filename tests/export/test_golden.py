@@ -20,6 +20,13 @@ def test_golden_regenerates_identically(tmp_path, checkpoint):
         assert np.array_equal(np.load(tmp_path / pair["pixel_values"]), np.load(GOLDEN / pair["pixel_values"]))
 
 
+def test_profile_prompt_vectors_are_current(checkpoint):
+    """The apps' benchmark question is the host profile's (`fit_prompt`) for every prefill target."""
+    from alignkd.export.golden import profile_prompt_vectors
+
+    assert json.loads((GOLDEN / "profile_prompt.json").read_text()) == profile_prompt_vectors(checkpoint)
+
+
 @pytest.mark.parametrize("target", ["executorch", "onnx"])
 def test_fp32_bundles_reproduce_golden_tokens(bundles, target):
     pytest.importorskip({"executorch": "executorch", "onnx": "onnxruntime"}[target])

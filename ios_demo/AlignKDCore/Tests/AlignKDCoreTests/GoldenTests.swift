@@ -2,12 +2,12 @@ import XCTest
 @testable import AlignKDCore
 
 /// The same vectors as android_demo/core's JUnit tests: export/golden/ (images, pixel values, prompt ids,
-/// expected answers), the official tokenizer probes of the tiny fixture, and the shared Resources/ (real
-/// manifests of tiny bundles, the host's benchmark question).
+/// expected answers, real manifests of tiny bundles, the host's benchmark question) and the official tokenizer
+/// probes of the tiny fixture.
 final class GoldenTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let resources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources")
+    static let resources = repo.appendingPathComponent("export/golden")
 
     func json(_ url: URL) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]

@@ -15,7 +15,7 @@ import javax.imageio.ImageIO;
 import org.json.JSONArray;
 import org.json.JSONObject;
 
-/** The repository's shared vectors (export/golden/, the tiny fixture) and this module's test resources. */
+/** The repository's shared vectors (export/golden/, the tiny fixture's tokenizer), read in place. */
 final class Golden {
     private Golden() {}
 
@@ -40,9 +40,7 @@ final class Golden {
     }
 
     static String resource(String name) throws IOException {
-        File dir = new File(System.getProperty("alignkd.resources", new File(root(),
-                "android_demo/core/src/test/resources").getPath()));
-        return text(new File(dir, name));
+        return text(golden(name));
     }
 
     static JSONObject goldenJson() throws Exception {
