@@ -1,8 +1,26 @@
 """Fixtures shared by the benchmark tests."""
 
+from pathlib import Path
+
 import pytest
 
 from alignkd.eval.common import answer_record
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    """The tiny synthetic benchmark suite (every benchmark's files), drawn once per test module."""
+    from alignkd.data.synth_world import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("world")
+    synthesize(root, SynthConfig.tiny())
+    return root / "eval"
+
+
+@pytest.fixture
+def model(fixture_dir) -> Path:
+    """The official tiny checkpoint."""
+    return fixture_dir / "checkpoint"
 
 
 @pytest.fixture

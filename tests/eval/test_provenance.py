@@ -17,20 +17,6 @@ from alignkd.eval.run import evaluate
 CAP = 4
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> Path:
-    from alignkd.data.synth_world import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("world")
-    synthesize(root, SynthConfig.tiny())
-    return root / "eval"
-
-
-@pytest.fixture
-def model(fixture_dir) -> Path:
-    return fixture_dir / "checkpoint"
-
-
 def retrained(model: Path, where: Path) -> Path:
     """A copy of `model` in another folder of the same name, one tensor changed (as further training would)."""
     from safetensors.torch import load_file, save_file

@@ -19,20 +19,6 @@ CAP = 4  # new tokens per answer: random weights never stop early, and the paper
 LLAVA_FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> Path:
-    from alignkd.data.synth_world import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("world")
-    synthesize(root, SynthConfig.tiny())
-    return root / "eval"
-
-
-@pytest.fixture
-def model(fixture_dir) -> Path:
-    return fixture_dir / "checkpoint"
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """Counts generate() calls, to see what a resumed run really generated."""
