@@ -362,7 +362,7 @@ def eval_compare(
 @app.command()
 def profile(
     model: Path = typer.Argument(..., help="Checkpoint folder or exported bundle."),
-    device: str = typer.Option("host", "--device", help="host (here, Python runtime); native (here, the C++ alignkd-runner); android / ios need a phone (later)."),
+    device: str = typer.Option("host", "--device", help="host (here, Python runtime); native (here, the C++ alignkd-runner); android (adb: the runner built for Android, or --from-app); ios (the demo app's JSON: --udid or --from-json)."),
     runs: int = typer.Option(5, "--runs", min=1),
     warmup: int = typer.Option(1, "--warmup", min=0),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
@@ -371,8 +371,16 @@ def profile(
     dtype: DType = typer.Option(DType.float32, "--dtype"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: load_s, vision_encode_s, ttft_s, prefill_tok_s, decode_tok_s, peak_rss_mb, size_mb, p90, raw runs."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG latency breakdown (vision encode / prefill / decode per run)."),
+    serial: Optional[str] = typer.Option(None, "--serial", help="android: the adb serial of the phone (needed when several are attached)."),
+    keep: bool = typer.Option(False, "--keep", help="android: leave the pushed runner and bundle in /data/local/tmp/alignkd/."),
+    from_app: bool = typer.Option(False, "--from-app", help="android: pull the demo app's benchmark JSON instead of running alignkd-runner."),
+    udid: Optional[str] = typer.Option(None, "--udid", help="ios: the iPhone whose demo app's benchmark JSON to copy (xcrun devicectl)."),
+    from_json: Optional[Path] = typer.Option(None, "--from-json", help="ios: read the demo app's benchmark JSON from this file instead."),
 ) -> None:
     """Latency and memory: load, vision encode, prefill (TTFT), decode, peak RSS, size on disk (median and p90)."""
+    if device in ("android", "ios"):
+        return _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, as_json, plot,
+                              serial=serial, keep=keep, from_app=from_app, udid=udid, from_json=from_json)
     try:
         from alignkd.runtime.profile import format_profile, profile as run_profile
 
@@ -396,6 +404,49 @@ def profile(
     print(json.dumps(result) if as_json else format_profile(result))
     if "plot_error" in result:  # after the measurements, which are printed in full
         _fail(AlignKDError(result["plot_error"]))
+
+
+def _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, as_json, plot, **phone) -> None:
+    """`profile --device android|ios` (alignkd.runtime.device): the same JSON and table as a host profile."""
+    try:
+        from alignkd.runtime import device as phones
+        from alignkd.runtime.profile import format_profile, plot_latency
+
+        if device == "ios":
+            result = phones.profile_ios(model, udid=phone["udid"], from_json=phone["from_json"])
+        elif phone["from_app"]:
+            result = phones.profile_android_app(model, serial=phone["serial"])
+        else:
+            img = None
+            if image is not None:
+                from alignkd.data.image import load_image
+
+                img = load_image(image)
+            result = phones.profile_android(model, serial=phone["serial"], keep=phone["keep"], runs=runs, warmup=warmup,
+                                            image=img, prompt=prompt, max_new_tokens=max_new_tokens)
+        if plot is not None:
+            result["plot"] = str(plot_latency(result, plot))
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(result) if as_json else format_profile(result))
+
+
+@app.command("profile-compare")
+def profile_compare(
+    files: list[Path] = typer.Argument(..., help="Profile JSON files: `alignkd profile --json` output (host, native, android, ios) or a demo app's alignkd_profile.json."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency per run (vision encode / prefill / decode) and decode tok/s."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: runs, each with its label, file and medians."),
+) -> None:
+    """Host, native and phone profiles side by side, one column per run named by its device and runtime."""
+    try:
+        from alignkd.runtime.profile_compare import compare, format_compare, plot_compare
+
+        table = compare(files)
+        if plot is not None:
+            table["plot"] = str(plot_compare(table, plot))
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps(table) if as_json else format_compare(table))
 
 
 runtime_app = typer.Typer(help="The native (C++) runner for ExecuTorch bundles: build it.", no_args_is_help=True)

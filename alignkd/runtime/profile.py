@@ -4,8 +4,8 @@ Each of `warmup + runs` rounds loads the model afresh (timed), preprocesses one 
 `max_new_tokens` tokens (stop strings and eos ignored, so every round decodes the same length) from a prompt
 of about 190 prefill positions (v1 system text + 144 image tokens + filler question), the prefill length of
 the llama.cpp comparison in the project's same-machine llama.cpp anchors (docs/). The summary is the median over the measured
-rounds, with p90 and the per-round raw numbers alongside. `device` names where it runs: only `host` today;
-`android` and `ios` will fill the same JSON (the `device` block) from a phone runner.
+rounds, with p90 and the per-round raw numbers alongside. `device` names where it runs: `host` here; phones
+(`--device android|ios`, alignkd.runtime.device) fill the same JSON, `device` block included.
 
     alignkd profile MODEL --runs 5 --warmup 1 --json --plot latency.png
     python -m pytest tests/runtime/test_profile.py -q
@@ -33,12 +33,12 @@ MB = 2**20  # "MB" here is MiB, as top and ps count
 
 
 def _device_block(device: str) -> dict:
-    if device == "android":
-        raise AlignKDError("--device android needs adb and a connected phone running the ExecuTorch runner; "
-                           "phone profiling comes in a later issue, use --device host for now.")
+    if device == "android":  # phones run their own runtime: alignkd.runtime.device, not this Python loop
+        raise AlignKDError("--device android runs the bundle on a phone over adb, not in this Python runtime; "
+                           "use `alignkd profile BUNDLE --device android` (alignkd.runtime.device.profile_android).")
     if device == "ios":
-        raise AlignKDError("--device ios needs a Mac with Xcode and a connected iPhone running the demo app; "
-                           "phone profiling comes in a later issue, use --device host for now.")
+        raise AlignKDError("--device ios reads the iOS demo app's benchmark JSON (needs Xcode's devicectl or --from-json); "
+                           "use `alignkd profile BUNDLE --device ios` (alignkd.runtime.device.profile_ios).")
     if device != "host":
         raise AlignKDError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}.")
     import torch
@@ -191,17 +191,20 @@ def format_profile(result: dict) -> str:
     from rich.table import Table
 
     d = result["device"]
-    table = Table(title=f"{result['model']} ({result['kind']}, {result['dtype']}) on {d['name']}: {d['cpu']}, "
-                        f"{d['threads']} threads")
+    table = Table(title=f"{result['model']} ({result['kind']}, {result['dtype']}) on {d['name']}: {d.get('cpu', '?')}, "
+                        f"{d.get('threads', '?')} threads")
     for col in ("metric", "median", "p90"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     labels = {"load_s": "load (s)", "preprocess_s": "image preprocess (s)", "vision_encode_s": "vision encode (s)",
               "prefill_s": f"prefill {result['prefill_tokens']} positions (s)", "prefill_tok_s": "prefill (tok/s)",
               "ttft_s": "time to first token (s)", "decode_s": f"decode {result['decode_tokens']} tokens (s)",
               "decode_tok_s": "decode (tok/s)", "peak_rss_mb": "peak RSS (MB)"}
+    def num(value, digits=3) -> str:  # a phone run may leave a metric null (e.g. no decode step)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     for m in METRICS:
-        table.add_row(labels[m], f"{result[m]:.3f}", f"{result['p90'][m]:.3f}")
-    table.add_row("size on disk (MB)", f"{result['size_mb']:.1f}", "")
+        table.add_row(labels[m], num(result[m]), num(result.get("p90", {}).get(m)))
+    table.add_row("size on disk (MB)", num(result["size_mb"], 1), "")
     buf = io.StringIO()
     Console(file=buf, width=120, force_terminal=False, color_system=None).print(table)
     note = f"{result['runs']} measured runs after {result['warmup']} warm-up; time to first token includes vision encode"
