@@ -53,7 +53,7 @@ def load_profile(path: Path, what: str | None = None) -> dict:
 def run_label(result: dict) -> str:
     """Where and how a run ran: 'host (python)', 'host (native)', 'android Pixel 8 (native)', 'ios iPhone16,1 (app)'."""
     device = result["device"]
-    runtime = result.get("runtime") or ("python" if device["name"] == "host" else "app")
+    runtime = result.get("runtime") or device.get("runtime") or ("python" if device["name"] == "host" else "app")
     where = " ".join(str(part) for part in (device["name"], device.get("model")) if part)
     return f"{where} ({runtime})"
 
@@ -121,13 +121,13 @@ def plot_compare(table: dict, path) -> Path:
     left.set_yticks(rows, [run["label"] for run in runs])
     left.invert_yaxis()
     left.set_xlabel("seconds (median)")
-    left.legend(loc="lower right", fontsize="small")
     right.barh(rows, [run["decode_tok_s"] or 0.0 for run in runs], color="#8172b3")
     right.set_yticks(rows, [""] * len(runs))
     right.invert_yaxis()
     right.set_xlabel("decode (tok/s)")
     fig.suptitle("profile runs side by side")
-    fig.tight_layout()
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the axes, never over a bar
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
