@@ -378,6 +378,12 @@ def profile(
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="ios: read the demo app's benchmark JSON from this file instead."),
 ) -> None:
     """Latency and memory: load, vision encode, prefill (TTFT), decode, peak RSS, size on disk (median and p90)."""
+    misplaced = [(name, owner) for name, value, owner in (("--serial", serial, "android"), ("--keep", keep, "android"),
+                 ("--from-app", from_app, "android"), ("--udid", udid, "ios"), ("--from-json", from_json, "ios"))
+                 if value and device != owner]
+    if misplaced:
+        name, owner = misplaced[0]
+        _fail(AlignKDError(f"{name} belongs to --device {owner}, not --device {device}; drop it or use --device {owner}"))
     if device in ("android", "ios"):
         return _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, as_json, plot,
                               serial=serial, keep=keep, from_app=from_app, udid=udid, from_json=from_json)

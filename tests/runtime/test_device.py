@@ -273,3 +273,12 @@ def test_device_block_without_soc_properties():
     block = device.android_device_block({"ro.board.platform": "msmnile", "ro.build.version.release": "11",
                                          "ro.build.version.sdk": "30", "ro.product.cpu.abi": "arm64-v8a"}, "S")
     assert block["soc"] == "msmnile" and block["cpu"] == "msmnile" and block["sdk"] == 30
+
+
+@pytest.mark.parametrize("device_name,option", [("host", "--keep"), ("native", "--serial"), ("ios", "--from-app"),
+                                                ("android", "--udid")])
+def test_phone_option_for_another_device(bundle, device_name, option):
+    extra = [option] if option in ("--keep", "--from-app") else [option, "X"]
+    line = error_of(cli("profile", bundle, "--device", device_name, *extra))
+    owner = "ios" if option == "--udid" else "android"
+    assert line == f"error: {option} belongs to --device {owner}, not --device {device_name}; drop it or use --device {owner}"
