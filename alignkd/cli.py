@@ -373,7 +373,8 @@ def profile(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG latency breakdown (vision encode / prefill / decode per run)."),
     serial: Optional[str] = typer.Option(None, "--serial", help="android: the adb serial of the phone (needed when several are attached)."),
     keep: bool = typer.Option(False, "--keep", help="android: leave the pushed runner and bundle in /data/local/tmp/alignkd/."),
-    from_app: bool = typer.Option(False, "--from-app", help="android: pull the demo app's benchmark JSON instead of running alignkd-runner."),
+    from_app: bool = typer.Option(False, "--from-app", help="android: run the demo app's benchmark on the bundle and pull its JSON, instead of alignkd-runner."),
+    start: bool = typer.Option(True, "--start/--no-start", help="android --from-app: --no-start pulls the JSON the app last wrote without starting it."),
     udid: Optional[str] = typer.Option(None, "--udid", help="ios: the iPhone whose demo app's benchmark JSON to copy (xcrun devicectl)."),
     from_json: Optional[Path] = typer.Option(None, "--from-json", help="ios: read the demo app's benchmark JSON from this file instead."),
 ) -> None:
@@ -386,7 +387,7 @@ def profile(
         _fail(AlignKDError(f"{name} belongs to --device {owner}, not --device {device}; drop it or use --device {owner}"))
     if device in ("android", "ios"):
         return _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, as_json, plot,
-                              serial=serial, keep=keep, from_app=from_app, udid=udid, from_json=from_json)
+                              serial=serial, keep=keep, from_app=from_app, start=start, udid=udid, from_json=from_json)
     try:
         from alignkd.runtime.profile import format_profile, profile as run_profile
 
@@ -421,7 +422,8 @@ def _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, a
         if device == "ios":
             result = phones.profile_ios(model, udid=phone["udid"], from_json=phone["from_json"])
         elif phone["from_app"]:
-            result = phones.profile_android_app(model, serial=phone["serial"])
+            result = phones.profile_android_app(model, serial=phone["serial"], start=phone["start"], keep=phone["keep"],
+                                                runs=runs, warmup=warmup, max_new_tokens=max_new_tokens)
         else:
             img = None
             if image is not None:

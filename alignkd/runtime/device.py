@@ -3,7 +3,8 @@
 Android, runner: the arm64 `alignkd-runner` (runtime/android/README.md) and the bundle are pushed to
 /data/local/tmp/alignkd/, the runner profiles the bundle there (`--profile --json`, its JSON written to a file on
 the phone and pulled back), the `device` block is filled from `getprop`, and what was pushed is removed unless
-`keep`. Android, `from_app`: the demo app's benchmark JSON is pulled instead. iOS: the demo app's benchmark JSON
+`keep`. Android, `from_app`: the demo app's benchmark is started on the bundle (`am start ... --ez benchmark true`) and
+its JSON pulled when written (or, `start=False`, the JSON it last wrote). iOS: the demo app's benchmark JSON
 is copied out of its container with `xcrun devicectl`, or read from a file. Every JSON has `alignkd profile
 --json`'s keys, so `alignkd profile-compare` puts host, native and phone runs side by side.
 
@@ -20,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from alignkd.errors import AlignKDError
@@ -35,6 +37,9 @@ DEFAULT_ANDROID_RUNNER = REPO_ROOT / "build" / "android" / BINARY
 ELF_ABIS = {183: "arm64-v8a", 62: "x86_64", 40: "armeabi-v7a", 3: "x86"}  # ELF e_machine -> Android ABI name
 SHORT_S, PUSH_S, RUN_S = 60, 1800, 3600  # adb timeouts: a command, a push of a large bundle, the profile rounds
 EXIT_MARK = "alignkd-exit:"
+APP_ACTIVITY = f"{APP_ID}/.MainActivity"
+APP_LOG_TAG, APP_ERROR_MARK = "alignkd", "ALIGNKD_PROFILE_ERROR"  # the app logs a failed benchmark as this line
+POLL_S = 2.0  # how often the app's JSON and log are checked while its benchmark runs
 
 
 class Adb:
@@ -246,13 +251,16 @@ def _remove(adb: Adb, created: list[str], quiet: bool = False) -> None:
                 raise
 
 
-def profile_android_app(bundle: Path, serial: str | None = None) -> dict:
-    """The demo app's last benchmark JSON (android_demo/README.md, Benchmark), pulled from the app's files folder."""
+def profile_android_app(bundle: Path, serial: str | None = None, start: bool = True, keep: bool = False, runs: int = 5,
+                        warmup: int = 1, max_new_tokens: int = 32) -> dict:
+    """The demo app's benchmark JSON (android_demo/README.md, Benchmark), pulled from the app's files folder:
+    after starting its benchmark on `bundle` (pushed to REMOTE_DIR if not there) when `start`, else as last written."""
     adb = Adb(serial)
-    if not adb.exists(ANDROID_APP_JSON):
+    if start:
+        _app_benchmark(adb, Path(bundle), keep, runs, warmup, max_new_tokens)
+    elif not adb.exists(ANDROID_APP_JSON):
         raise AlignKDError(f"the demo app has written no benchmark JSON on {adb.serial} ({ANDROID_APP_JSON} is missing); "
-                           f"run its benchmark first: adb shell am start -n {APP_ID}/.MainActivity --es bundle PATH "
-                           "--ez benchmark true, or tap Benchmark")
+                           "drop --no-start to run its benchmark, or tap Benchmark in the app")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "alignkd_profile.json"
         adb.pull(ANDROID_APP_JSON, local)
@@ -260,6 +268,57 @@ def profile_android_app(bundle: Path, serial: str | None = None) -> dict:
     result["device"].setdefault("serial", adb.serial)
     result.setdefault("runtime", result["device"].get("runtime", "app"))
     return result
+
+
+def _app_benchmark(adb: Adb, bundle: Path, keep: bool, runs: int, warmup: int, max_new_tokens: int) -> None:
+    """Start the app's benchmark on the phone's copy of `bundle` and wait until it writes its JSON or logs a failure."""
+    from alignkd.runtime.native import _manifest
+
+    _manifest(bundle)
+    remote = f"{REMOTE_DIR}/{bundle.name}"
+    created = [path for path in (REMOTE_DIR, remote) if not adb.exists(path)]
+    try:
+        if remote in created:  # a copy already there is used as it is (the app checks every file's sha256)
+            adb.shell(f"mkdir -p {REMOTE_DIR}", f"creating {REMOTE_DIR}")
+            adb.push(bundle, REMOTE_DIR)
+        before = _app_state(adb)
+        out = adb.shell(f"am start -n {APP_ACTIVITY} --es bundle {shlex.quote(remote)} --ez benchmark true "
+                        f"--ei runs {int(runs)} --ei warmup {int(warmup)} --ei max_new_tokens {int(max_new_tokens)}",
+                        "starting the demo app's benchmark")
+        if "Error" in out:  # am reports a missing app on stdout with status 0
+            raise AlignKDError(f"the demo app ({APP_ID}) could not be started on {adb.serial} ({out.strip().splitlines()[-1]}); "
+                               "install it as android_demo/README.md says")
+        _wait_for_app(adb, before)
+    except BaseException:
+        if not keep:
+            _remove(adb, created, quiet=True)
+        raise
+    if not keep:
+        _remove(adb, created)
+
+
+def _app_state(adb: Adb) -> tuple[str, int]:
+    """(the app JSON's modification time or '', how many benchmark failures the app has logged so far)."""
+    out = adb.shell(f'echo "mtime=$(stat -c %Y {ANDROID_APP_JSON} 2>/dev/null)"; '
+                    f'echo "errors=$(logcat -d -s {APP_LOG_TAG} | grep -c {APP_ERROR_MARK})"', "watching the demo app")
+    values = dict(line.strip().split("=", 1) for line in out.splitlines() if "=" in line)
+    errors = values.get("errors", "0")
+    return values.get("mtime", ""), int(errors) if errors.isdigit() else 0
+
+
+def _wait_for_app(adb: Adb, before: tuple[str, int]) -> None:
+    deadline = time.monotonic() + RUN_S
+    while time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        mtime, errors = _app_state(adb)
+        if errors > before[1]:
+            log = adb.shell(f"logcat -d -s {APP_LOG_TAG}", "reading the demo app's log")
+            message = [line.split(APP_ERROR_MARK, 1)[1].strip() for line in log.splitlines() if APP_ERROR_MARK in line][-1]
+            raise AlignKDError(f"the demo app's benchmark failed on {adb.serial}: {message}")
+        if mtime and mtime != before[0]:
+            return
+    raise AlignKDError(f"the demo app wrote no benchmark JSON on {adb.serial} within {RUN_S} s; look at the app's "
+                       "screen (it shows why), or run fewer rounds")
 
 
 def profile_ios(bundle: Path, udid: str | None = None, from_json: Path | None = None) -> dict:

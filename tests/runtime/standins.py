@@ -5,6 +5,8 @@
 with bash after mapping /data/local/tmp and /sdcard into ROOT, with `getprop` answering from the test's
 properties. `./alignkd-runner` runs what was pushed (the real host-built runner) unless FAKE_ADB_RUNNER_CMD
 replaces it with a stand-in runner. Behaviour is set through environment variables (see `phone`).
+`am start` plays the demo app's scripted benchmark (writes the app's JSON from FAKE_APP_JSON, or logs
+ALIGNKD_PROFILE_ERROR as the app does); `logcat -d` prints what it logged.
 `xcrun`: answers `devicectl device copy from ...` by copying a file the test names, or failing.
 `runner`: prints a profile JSON (its arguments inside), or fails with an error line or a crash.
 """
@@ -78,7 +80,9 @@ elif args[0] == "shell":
         command = command.replace(prefix, str(local(prefix)))
     props = root.parent / "props.txt"
     prelude = (f'getprop() {{ if [ $# -eq 0 ]; then cat "{props}"; '
-               f'else sed -n "s/^\\[$1\\]: \\[\\(.*\\)\\]$/\\1/p" "{props}"; fi; }}\n')
+               f'else sed -n "s/^\\[$1\\]: \\[\\(.*\\)\\]$/\\1/p" "{props}"; fi; }}\n'
+               f'logcat() {{ cat "{root.parent}/logcat.txt" 2>/dev/null; true; }}\n'
+               f'am() {{ echo "$*" >> "{root.parent}/am.log"; "{sys.executable}" "{root.parent}/app.py" "$@"; }}\n')
     sys.exit(subprocess.run(["bash", "-c", prelude + command]).returncode)
 else:
     fail(f"unknown command {args[0]}")
@@ -101,6 +105,32 @@ if not source or opts.get("--domain-identifier") != "org.alignkd.demo" or opts.g
     sys.exit(1)
 shutil.copy2(source, opts["--destination"])
 print("Copied 1 file")
+'''
+
+APP = r'''
+# the demo app's scripted benchmark (am start -n org.alignkd.demo/.MainActivity --es bundle PATH --ez benchmark true)
+import os, shutil, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+root = Path(os.environ["FAKE_ADB_ROOT"])
+if os.environ.get("FAKE_APP_MISSING") or "org.alignkd.demo/.MainActivity" not in args:
+    print("Starting: Intent { cmp=org.alignkd.demo/.MainActivity }")
+    print("Error type 3")
+    print("Error: Activity class {org.alignkd.demo/org.alignkd.demo.MainActivity} does not exist.")
+    sys.exit(0)
+if os.environ.get("FAKE_APP_SILENT"):  # started, but never finishes (stuck, or killed by the system)
+    sys.exit(0)
+bundle = Path(args[args.index("bundle") + 1])
+failure = os.environ.get("FAKE_APP_FAIL") or (None if (bundle / "manifest.json").is_file() else f"{bundle} has no manifest.json")
+if failure:
+    with open(root.parent / "logcat.txt", "a") as log:
+        log.write(f"11-30 15:00:00.000  1234  1250 E alignkd : ALIGNKD_PROFILE_ERROR {failure}\n")
+    sys.exit(0)
+out = root / "sdcard/Android/data/org.alignkd.demo/files/alignkd_profile.json"
+out.parent.mkdir(parents=True, exist_ok=True)
+shutil.copy(os.environ["FAKE_APP_JSON"], out)
+os.utime(out)  # written now
 '''
 
 RUNNER = r'''
@@ -156,6 +186,7 @@ def phone(tmp_path: Path, monkeypatch, devices=(("emulator-5554", "device"),), p
     (root / "data" / "local" / "tmp").mkdir(parents=True)
     write_script(bin_dir / "adb", ADB)
     write_script(bin_dir / "xcrun", XCRUN)
+    (root.parent / "app.py").write_text(APP)
     props = {**PROPS, **(props or {})}
     (root.parent / "props.txt").write_text("".join(f"[{k}]: [{v}]\n" for k, v in props.items()))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -198,21 +198,80 @@ def app_profile(**changes) -> dict:
     return out
 
 
-def test_android_from_app_pulls_the_apps_json(android, bundle):
-    app_file = android / "sdcard/Android/data/org.alignkd.demo/files/alignkd_profile.json"
-    app_file.parent.mkdir(parents=True)
-    app_file.write_text(json.dumps(app_profile()))
-    result = cli("profile", bundle, "--device", "android", "--from-app", "--json")
+@pytest.fixture
+def app_json(tmp_path, monkeypatch):
+    """What the stand-in app writes when its benchmark is started; polled quickly."""
+    path = tmp_path / "app_profile.json"
+    path.write_text(json.dumps(app_profile()))
+    monkeypatch.setenv("FAKE_APP_JSON", str(path))
+    monkeypatch.setattr(device, "POLL_S", 0.05)
+    return path
+
+
+APP_FILE = "sdcard/Android/data/org.alignkd.demo/files/alignkd_profile.json"
+
+
+def test_from_app_starts_the_apps_benchmark_and_pulls_its_json(android, app_json, bundle):
+    result = cli("profile", bundle, "--device", "android", "--from-app", "--runs", 3, "--warmup", 1, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["decode_tok_s"] == 20.7 and out["device"]["serial"] == "emulator-5554"
     assert out["runtime"] == "executorch-android 1.5.1"
-    assert not any("push" in c for c in adb_calls(android))
+    am = (android.parent / "am.log").read_text()
+    assert (f"start -n org.alignkd.demo/.MainActivity --es bundle {android}/data/local/tmp/alignkd/tiny_et "
+            "--ez benchmark true --ei runs 3 --ei warmup 1 --ei max_new_tokens 32") in am
+    pushed = [Path(c[3]).name for c in adb_calls(android) if c[2:3] == ["push"]]
+    assert pushed == ["tiny_et"]  # the bundle only: the app brings its own runtime
+    assert list((android / "data/local/tmp").iterdir()) == []
 
 
-def test_android_from_app_without_a_benchmark(android, bundle):
+def test_from_app_uses_a_bundle_already_on_the_phone(android, app_json, bundle):
+    there = android / "data/local/tmp/alignkd/tiny_et"
+    there.mkdir(parents=True)
+    (there / "manifest.json").write_text("{}")
+    assert cli("profile", bundle, "--device", "android", "--from-app").exit_code == 0
+    assert not any(c[2:3] == ["push"] for c in adb_calls(android)) and (there / "manifest.json").is_file()
+
+
+def test_from_app_failure_is_the_apps_message_not_a_stale_json(android, app_json, monkeypatch, bundle):
+    stale = android / APP_FILE
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps(app_profile(decode_tok_s=1.0)))
+    __import__("os").utime(stale, (1_600_000_000, 1_600_000_000))  # written long ago
+    monkeypatch.setenv("FAKE_APP_FAIL", "bundle file model.pte does not match its sha256 in manifest.json")
+    line = error_of(cli("profile", bundle, "--device", "android", "--from-app"))
+    assert line == ("error: the demo app's benchmark failed on emulator-5554: bundle file model.pte does not match its "
+                    "sha256 in manifest.json")
+    assert not (android / "data/local/tmp/alignkd").exists()  # the pushed bundle is removed
+
+
+def test_from_app_not_installed(android, app_json, monkeypatch, bundle):
+    monkeypatch.setenv("FAKE_APP_MISSING", "1")
+    line = error_of(cli("profile", bundle, "--device", "android", "--from-app"))
+    assert "the demo app (org.alignkd.demo) could not be started on emulator-5554 (Error: Activity class" in line
+    assert "install it as android_demo/README.md says" in line
+
+
+def test_from_app_that_never_writes_times_out(android, app_json, monkeypatch, bundle):
+    monkeypatch.setattr(device, "RUN_S", 0.3)
+    monkeypatch.setenv("FAKE_APP_SILENT", "1")
+    with pytest.raises(AlignKDError, match="the demo app wrote no benchmark JSON on emulator-5554 within 0.3 s"):
+        device.profile_android_app(bundle)
+
+
+def test_from_app_no_start_pulls_the_last_json(android, bundle):
+    app_file = android / APP_FILE
+    app_file.parent.mkdir(parents=True)
+    app_file.write_text(json.dumps(app_profile()))
+    result = cli("profile", bundle, "--device", "android", "--from-app", "--no-start", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["decode_tok_s"] == 20.7
+    assert not (android.parent / "am.log").exists() and not any(c[2:3] == ["push"] for c in adb_calls(android))
+
+
+def test_from_app_no_start_without_a_benchmark(android, bundle):
     assert "the demo app has written no benchmark JSON on emulator-5554" in error_of(
-        cli("profile", bundle, "--device", "android", "--from-app"))
+        cli("profile", bundle, "--device", "android", "--from-app", "--no-start"))
 
 
 def test_ios_from_json_reports_like_a_host_profile(tmp_path, bundle):

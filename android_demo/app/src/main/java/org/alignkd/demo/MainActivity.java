@@ -11,6 +11,7 @@ import android.os.Bundle;
 import android.os.Handler;
 import android.os.Looper;
 import android.provider.MediaStore;
+import android.util.Log;
 import android.widget.Button;
 import android.widget.EditText;
 import android.widget.ImageView;
@@ -50,6 +51,7 @@ public final class MainActivity extends Activity {
     // Written on the worker thread, read on the UI thread.
     private volatile EtSession session;
     private volatile File bundleFolder;
+    private volatile String openError;  // why the last bundle did not open; a scripted benchmark must not run on an older one
     private Bitmap photo;
     private Uri cameraUri;
     private TextView bundleInfo;
@@ -155,6 +157,7 @@ public final class MainActivity extends Activity {
                 }
                 session = opened;
                 bundleFolder = folder;
+                openError = null;
                 Manifest m = opened.manifest;
                 String exported = m.exporterVersion("executorch");
                 String warning = exported.isEmpty() || exported.equals(BuildConfig.EXECUTORCH_VERSION) ? ""
@@ -165,6 +168,7 @@ public final class MainActivity extends Activity {
                         m.sizeMb(), m.numImageTokens(), m.maxSeqLen(), m.files().size(), opened.loadS, warning);
                 ui.post(() -> bundleInfo.setText(info));
             } catch (BundleException err) {
+                openError = err.getMessage();
                 ui.post(() -> bundleInfo.setText(err.getMessage()));
             }
         });
@@ -250,7 +254,14 @@ public final class MainActivity extends Activity {
         int maxNewTokens = intent.getIntExtra("max_new_tokens", 32);
         worker.execute(() -> {
             File folder = bundleFolder;
+            String why = openError;  // same worker thread as openBundle: its result is known here
+            if (why != null) {
+                Log.e(Benchmark.TAG, "ALIGNKD_PROFILE_ERROR " + why);
+                ui.post(() -> stats.setText(why));
+                return;
+            }
             if (folder == null) {
+                Log.e(Benchmark.TAG, "ALIGNKD_PROFILE_ERROR no bundle is open; pass --es bundle PATH");
                 ui.post(() -> stats.setText("choose a bundle first (Bundle button or --es bundle PATH)"));
                 return;
             }
@@ -263,6 +274,8 @@ public final class MainActivity extends Activity {
                         line -> ui.post(() -> stats.append(line + "\n")));
                 ui.post(() -> stats.append("wrote " + out + "\n"));
             } catch (BundleException err) {
+                // scripted runs (alignkd profile --device android --from-app) wait for this line or the JSON
+                Log.e(Benchmark.TAG, "ALIGNKD_PROFILE_ERROR " + err.getMessage());
                 ui.post(() -> stats.append(err.getMessage() + "\n"));
             }
         });
