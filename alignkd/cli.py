@@ -415,6 +415,10 @@ def profile(
 
 def _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, as_json, plot, **phone) -> None:
     """`profile --device android|ios` (alignkd.runtime.device): the same JSON and table as a host profile."""
+    if (device == "ios" or phone["from_app"]) and (image is not None or prompt is not None):
+        source = "--device ios" if device == "ios" else "--from-app"
+        _fail(AlignKDError(f"{'--image' if image is not None else '--prompt'} is not used with {source}: the demo app "
+                           "profiles its own picture and question; drop it, or profile with alignkd-runner (--device android)"))
     try:
         from alignkd.runtime import device as phones
         from alignkd.runtime.profile import format_profile, plot_latency

@@ -181,6 +181,7 @@ def profile_android(bundle: Path, serial: str | None = None, keep: bool = False,
     from alignkd.runtime.profile import synthetic_image
 
     bundle = Path(bundle)
+    _check_rounds(runs, warmup, max_new_tokens)
     _manifest(bundle)  # a folder that is not a bundle fails here, before anything is pushed
     runner = find_android_runner()
     adb = Adb(serial)
@@ -205,6 +206,13 @@ def profile_android(bundle: Path, serial: str | None = None, keep: bool = False,
     result["device"] = android_device_block(props, adb.serial, result.get("device"))
     result["model"], result["device_path"] = str(bundle), f"{REMOTE_DIR}/{bundle.name}"
     return result
+
+
+def _check_rounds(runs: int, warmup: int, max_new_tokens: int) -> None:
+    """The runner's and the app's own rule, checked before a large bundle is pushed only to be refused."""
+    if runs < 1 or warmup < 0 or max_new_tokens < 2:
+        raise AlignKDError(f"runs={runs}, warmup={warmup}, max_new_tokens={max_new_tokens}: need runs >= 1, "
+                           "warmup >= 0 and max_new_tokens >= 2 (decode speed needs a second token).")
 
 
 def _push_all(adb: Adb, runner: Path, bundle: Path, image: Path, created: list[str]) -> None:
@@ -274,6 +282,7 @@ def _app_benchmark(adb: Adb, bundle: Path, keep: bool, runs: int, warmup: int, m
     """Start the app's benchmark on the phone's copy of `bundle` and wait until it writes its JSON or logs a failure."""
     from alignkd.runtime.native import _manifest
 
+    _check_rounds(runs, warmup, max_new_tokens)
     _manifest(bundle)
     remote = f"{REMOTE_DIR}/{bundle.name}"
     created = [path for path in (REMOTE_DIR, remote) if not adb.exists(path)]

@@ -341,3 +341,18 @@ def test_phone_option_for_another_device(bundle, device_name, option):
     line = error_of(cli("profile", bundle, "--device", device_name, *extra))
     owner = "ios" if option == "--udid" else "android"
     assert line == f"error: {option} belongs to --device {owner}, not --device {device_name}; drop it or use --device {owner}"
+
+
+@pytest.mark.parametrize("from_app", [False, True])
+def test_one_new_token_is_refused_before_pushing(android, bundle, from_app):
+    line = error_of(cli("profile", bundle, "--device", "android", "--max-new-tokens", 1,
+                        *(["--from-app"] if from_app else ["--prompt", QUESTION])))
+    assert "max_new_tokens=1: need runs >= 1, warmup >= 0 and max_new_tokens >= 2" in line
+    assert not any(c[2:3] == ["push"] for c in adb_calls(android))
+
+
+@pytest.mark.parametrize("args", [["--device", "android", "--from-app", "--prompt", "Q"], ["--device", "ios", "--image", "x.png"]])
+def test_app_runs_take_no_prompt_or_image(android, bundle, args):
+    line = error_of(cli("profile", bundle, *args))
+    assert " is not used with " in line and "the demo app profiles its own picture and question" in line
+    assert adb_calls(android) == []
