@@ -421,8 +421,10 @@ def _profile_phone(model, device, runs, warmup, max_new_tokens, image, prompt, a
                            "profiles its own picture and question; drop it, or profile with alignkd-runner (--device android)"))
     try:
         from alignkd.runtime import device as phones
-        from alignkd.runtime.profile import format_profile, plot_latency
+        from alignkd.runtime.profile import _require_matplotlib, format_profile, plot_latency
 
+        if plot is not None:
+            _require_matplotlib()  # before the phone's rounds, which the missing package would otherwise waste
         if device == "ios":
             result = phones.profile_ios(model, udid=phone["udid"], from_json=phone["from_json"])
         elif phone["from_app"]:

@@ -356,3 +356,16 @@ def test_app_runs_take_no_prompt_or_image(android, bundle, args):
     line = error_of(cli("profile", bundle, *args))
     assert " is not used with " in line and "the demo app profiles its own picture and question" in line
     assert adb_calls(android) == []
+
+
+def test_plot_without_matplotlib_fails_before_the_phone(android, bundle, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    line = error_of(cli("profile", bundle, "--device", "android", "--prompt", QUESTION, "--plot", tmp_path / "p.png"))
+    assert "--plot needs matplotlib" in line and adb_calls(android) == []
+
+
+def test_android_plot(android, bundle, tmp_path):
+    plot = tmp_path / "phone.png"
+    result = cli("profile", bundle, "--device", "android", "--runs", 2, "--prompt", QUESTION, "--plot", plot, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["plot"] == str(plot) and plot.read_bytes()[:4] == b"\x89PNG"
