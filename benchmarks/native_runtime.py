@@ -4,11 +4,13 @@ decode tok/s and peak RSS, one JSON object.
 Both sides run `alignkd profile`'s protocol (each round loads the bundle afresh, the synthetic picture, the
 ~190-position prompt, exactly N new tokens; medians over the rounds) in their own process, so each peak RSS
 is that runtime's alone: `alignkd-runner --profile` for native, `python -m alignkd profile` for Python. Without
---bundle it exports the tiny official fixture (fp32 and 8da4w) into a temporary folder first. Needs the runner
+--bundle it exports the tiny official fixture (fp32 and 8da4w) into a temporary folder first. `--eager CKPT` adds
+the source checkpoint in eager PyTorch (`alignkd profile CKPT`, same protocol) to the same run. Needs the runner
 built (`alignkd runtime build`).
 
     python benchmarks/native_runtime.py --runs 5 --warmup 1
     python benchmarks/native_runtime.py --bundle out/tiny_et --threads 2
+    python benchmarks/native_runtime.py --bundle runs/bench_17b/executorch_8da4w --eager runs/bench_17b/real_shape_ckpt
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ TINY = ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"
 KEYS = ("load_s", "vision_encode_s", "prefill_tok_s", "ttft_s", "decode_tok_s", "peak_rss_mb")
 
 
-def python_profile(bundle: Path, runs: int, warmup: int, max_new_tokens: int) -> dict:
-    cmd = [sys.executable, "-m", "alignkd", "profile", str(bundle), "--runs", str(runs), "--warmup", str(warmup),
+def python_profile(model: Path, runs: int, warmup: int, max_new_tokens: int) -> dict:
+    """`alignkd profile` of a bundle (Python ExecuTorch runtime) or a checkpoint (eager PyTorch), in its own process."""
+    cmd = [sys.executable, "-m", "alignkd", "profile", str(model), "--runs", str(runs), "--warmup", str(warmup),
            "--max-new-tokens", str(max_new_tokens), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout)
@@ -54,6 +57,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="native thread pool size (default: one per core)")
+    parser.add_argument("--eager", type=Path, default=None, help="the bundles' source checkpoint: adds eager PyTorch to the run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         bundles = args.bundle
@@ -62,10 +66,17 @@ def main(argv=None) -> dict:
 
             bundles = [export_bundle(TINY, "executorch", q, Path(tmp) / q, max_seq_len=512) for q in ("fp32", "8da4w")]
         rows = [compare(Path(b), args.runs, args.warmup, args.max_new_tokens, args.threads) for b in bundles]
+    eager = None
+    if args.eager is not None:
+        profile = python_profile(args.eager, args.runs, args.warmup, args.max_new_tokens)
+        eager = {k: profile[k] for k in KEYS}
+        for row in rows:
+            row["native_over_eager"] = {"decode_tok_s": row["native"]["decode_tok_s"] / eager["decode_tok_s"],
+                                        "peak_rss_mb": row["native"]["peak_rss_mb"] / eager["peak_rss_mb"]}
     from alignkd.runtime.profile import _cpu_name
 
     result = {"runs": args.runs, "warmup": args.warmup, "max_new_tokens": args.max_new_tokens, "cpu": _cpu_name(),
-              "results": rows}
+              "results": rows, "eager": eager}
     print(json.dumps(result))
     return result
 
