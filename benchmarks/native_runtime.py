@@ -3,20 +3,24 @@ decode tok/s and peak RSS, one JSON object.
 
 Both sides run `alignkd profile`'s protocol (each round loads the bundle afresh, the synthetic picture, the
 ~190-position prompt, exactly N new tokens; medians over the rounds) in their own process, so each peak RSS
-is that runtime's alone: `alignkd-runner --profile` for native, `python -m alignkd profile` for Python. Without
+is that runtime's alone: `alignkd-runner --profile` for native, `python -m alignkd profile` for Python.
+`--rounds K` alternates the two sides K times and reports medians over the rounds (and the median of the
+per-round ratios): on a shared machine a slow spell then falls on both. Without
 --bundle it exports the tiny official fixture (fp32 and 8da4w) into a temporary folder first. `--eager CKPT` adds
 the source checkpoint in eager PyTorch (`alignkd profile CKPT`, same protocol) to the same run. Needs the runner
 built (`alignkd runtime build`).
 
     python benchmarks/native_runtime.py --runs 5 --warmup 1
     python benchmarks/native_runtime.py --bundle out/tiny_et --threads 2
-    python benchmarks/native_runtime.py --bundle runs/bench_17b/executorch_8da4w --eager runs/bench_17b/real_shape_ckpt
+    python benchmarks/native_runtime.py --bundle runs/bench_17b/executorch_8da4w --eager runs/bench_17b/real_shape_ckpt \
+        --rounds 3 --runs 2 --warmup 1 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,17 +40,30 @@ def python_profile(model: Path, runs: int, warmup: int, max_new_tokens: int) -> 
     return json.loads(out.stdout)
 
 
-def compare(bundle: Path, runs: int, warmup: int, max_new_tokens: int, threads: int | None) -> dict:
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def compare(bundle: Path, runs: int, warmup: int, max_new_tokens: int, threads: int | None, rounds: int = 1) -> dict:
+    """Native and Python profiles interleaved (native, Python, native, Python, ...): each figure is the median over
+    the rounds of each round's own median, and each ratio the median of the per-round ratios, so a slow spell
+    of the shared machine falls on both sides."""
     from alignkd.runtime.native import profile_native
 
-    native = profile_native(bundle, runs=runs, warmup=warmup, max_new_tokens=max_new_tokens, threads=threads)
-    python = python_profile(bundle, runs, warmup, max_new_tokens)
+    natives, pythons = [], []
+    for _ in range(rounds):
+        natives.append(profile_native(bundle, runs=runs, warmup=warmup, max_new_tokens=max_new_tokens, threads=threads))
+        pythons.append(python_profile(bundle, runs, warmup, max_new_tokens))
+    native = natives[0]
     quant = json.loads((bundle / "manifest.json").read_text())["quant"]["scheme"]
     row = {"bundle": str(bundle), "quant": quant, "prefill_tokens": native["prefill_tokens"],
-           "decode_tokens": native["decode_tokens"], "threads": native["device"]["threads"],
-           "native": {k: native[k] for k in KEYS}, "python": {k: python[k] for k in KEYS}}
-    row["native_over_python"] = {"decode_tok_s": native["decode_tok_s"] / python["decode_tok_s"],
-                                 "peak_rss_mb": native["peak_rss_mb"] / python["peak_rss_mb"]}
+           "decode_tokens": native["decode_tokens"], "threads": native["device"]["threads"], "rounds": rounds,
+           "native": {k: _median([n[k] for n in natives]) for k in KEYS},
+           "python": {k: _median([p[k] for p in pythons]) for k in KEYS},
+           "per_round": [{"native": {k: n[k] for k in KEYS}, "python": {k: p[k] for k in KEYS}}
+                         for n, p in zip(natives, pythons)]}
+    row["native_over_python"] = {k: _median([n[k] / p[k] for n, p in zip(natives, pythons)])
+                                 for k in ("decode_tok_s", "prefill_tok_s", "peak_rss_mb")}
     return row
 
 
@@ -58,6 +75,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="native thread pool size (default: one per core)")
     parser.add_argument("--eager", type=Path, default=None, help="the bundles' source checkpoint: adds eager PyTorch to the run")
+    parser.add_argument("--rounds", type=int, default=1, help="native and Python profiles alternate this many times")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         bundles = args.bundle
@@ -65,7 +83,7 @@ def main(argv=None) -> dict:
             from alignkd.export import export_bundle
 
             bundles = [export_bundle(TINY, "executorch", q, Path(tmp) / q, max_seq_len=512) for q in ("fp32", "8da4w")]
-        rows = [compare(Path(b), args.runs, args.warmup, args.max_new_tokens, args.threads) for b in bundles]
+        rows = [compare(Path(b), args.runs, args.warmup, args.max_new_tokens, args.threads, args.rounds) for b in bundles]
     eager = None
     if args.eager is not None:
         profile = python_profile(args.eager, args.runs, args.warmup, args.max_new_tokens)

@@ -9,6 +9,7 @@ non-zero exit for each bad input. Lives beside the other bundle tests to share t
 
 import json
 import shutil
+import statistics
 import subprocess
 
 import numpy as np
@@ -227,11 +228,14 @@ def _benchmark(name):
 def test_benchmark_scripts_run(runner, bundles, checkpoint, capsys):
     """benchmarks/native_runtime.py and sdpa_kernel.py (quoted in docs/runtime.md) still run, in a few steps."""
     result = _benchmark("native_runtime").main(["--bundle", str(bundles("executorch", "fp32")), "--runs", "1",
-                                                "--warmup", "0", "--max-new-tokens", "3", "--eager", str(checkpoint)])
+                                                "--warmup", "0", "--max-new-tokens", "3", "--eager", str(checkpoint),
+                                                "--rounds", "2"])
     row = result["results"][0]
     assert row["quant"] == "fp32" and row["decode_tokens"] == 2
     assert set(row["native"]) == set(row["python"]) == set(result["eager"]) and row["native"]["decode_tok_s"] > 0
     assert row["native_over_eager"]["decode_tok_s"] == row["native"]["decode_tok_s"] / result["eager"]["decode_tok_s"]
+    assert len(row["per_round"]) == 2 and row["native"]["decode_tok_s"] == statistics.median(
+        r["native"]["decode_tok_s"] for r in row["per_round"])
     sdpa = _benchmark("sdpa_kernel").main(["--build-dir", str(runner.parent), "--threads", "1", "--scale", "0.01"])
     assert [r["rows"] for r in sdpa["results"]] == [190, 1, 1, 1] and all(r["ours_ms"] > 0 for r in sdpa["results"])
     assert '"results"' in capsys.readouterr().out
