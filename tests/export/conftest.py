@@ -4,7 +4,8 @@ The default run exports ExecuTorch fp32 and 8da4w (+ int8 embedding), ONNX fp32 
 and int4; slow tests export more. Each bundle is produced lazily by the first test that asks for it, by the
 real `alignkd export` command (typer's CliRunner, in this process) with `--quant` left out when it is the
 target's default, so the session's default bundles are also the end-to-end CLI runs that
-tests/export/test_cli_export.py checks (no export is run twice for it).
+tests/export/test_cli_export.py checks (no export is run twice for it). `runner` is the native alignkd-runner,
+built once per session for every test that drives it.
 """
 
 from pathlib import Path
@@ -68,3 +69,16 @@ def manifest_of(bundle: Path) -> dict:
     import json
 
     return json.loads((bundle / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def runner():
+    """The native alignkd-runner, built (incrementally) into the default build folder once per session; a failed
+    build fails the tests that need it (the executorch extra missing skips them in their modules)."""
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.native import build_runner
+
+    try:
+        return build_runner()
+    except AlignKDError as err:
+        pytest.fail(f"the native runner did not build: {err}")

@@ -3,28 +3,22 @@
 and the pulled JSON read side by side with the same runner's host profile. The stand-in phone reports the
 runner's own ABI (x86_64 here), so the architecture check passes as it would on an x86_64 emulator.
 
-Uses the runner built in this session (tests/export/test_native_runner.py builds it) or $ALIGNKD_RUNNER; skips
-when neither exists. Nothing here ran on a phone.
+Uses the runner the session builds (the `runner` fixture of tests/export/conftest.py); a failed build fails
+the test. Nothing here ran on a phone.
 """
 
 import json
 
 import pytest
 
-from alignkd.errors import AlignKDError
 from tests.runtime.standins import adb_calls, phone
 
 pytest.importorskip("executorch", reason="the native runner runs ExecuTorch bundles (alignkd[executorch])")
 
 
 @pytest.fixture(scope="module")
-def host_runner():
-    from alignkd.runtime.native import find_runner
-
-    try:
-        return find_runner()
-    except AlignKDError as err:
-        pytest.skip(f"no host-built alignkd-runner in this session ({err})")
+def host_runner(runner):
+    return runner  # the session's build (tests/export/conftest.py)
 
 
 def test_real_runner_round_trip_through_standin_adb(host_runner, bundles, tmp_path, monkeypatch):

@@ -23,18 +23,6 @@ GOLDEN = __import__("pathlib").Path(__file__).resolve().parents[2] / "export" / 
 QUESTION = "What shapes can you see in this picture?"
 
 
-@pytest.fixture(scope="module")
-def runner():
-    """The alignkd-runner binary, built (incrementally) into the default build folder."""
-    from alignkd.errors import AlignKDError
-    from alignkd.runtime.native import build_runner
-
-    try:
-        return build_runner()
-    except AlignKDError as err:
-        pytest.fail(f"the native runner did not build: {err}")
-
-
 def run(runner, *args, timeout=120):
     return subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
