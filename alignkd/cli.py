@@ -234,12 +234,12 @@ def eval_score(
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="MobileVLM checkpoint folder (official format; ours or a published one)."),
-    target: str = typer.Option(..., "--target", help="executorch, onnx or coreml."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="executorch: fp32 (default), 8da8w, 8da4w; onnx: fp32 (default), int8, int4; coreml: fp16 (default), int8, int4, palettize4."),
+    target: str = typer.Option(..., "--target", help="executorch, onnx, coreml or gguf."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="executorch: fp32 (default), 8da8w, 8da4w; onnx: fp32 (default), int8, int4; coreml: fp16 (default), int8, int4, palettize4; gguf: f32 (default), f16, q8_0, q4_0, q4_k_s."),
     out: Path = typer.Option(..., "-o", "--out", help="Bundle folder to create (manifest.json + parts)."),
     group_size: int = typer.Option(32, "--group-size", help="Group/block size of 4-bit weights (multiple of 32 for XNNPACK)."),
     embedding_bits: int = typer.Option(8, "--embedding-bits", help="ExecuTorch token embedding: 8 or 4 bits (quantized schemes)."),
-    vision_quant: str = typer.Option("fp32", "--vision-quant", help="ExecuTorch vision encoder: fp32 or int8 (PT2E, calibrated)."),
+    vision_quant: Optional[str] = typer.Option(None, "--vision-quant", help="Vision encoder: fp32 (default) or, ExecuTorch only, int8 (PT2E, calibrated); gguf: fp32 or fp16 (default for quantised models)."),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="KV-cache length of the decoder (prompt + image tokens + answer)."),
     calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Images for int8 vision calibration (default: synthetic)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder (only a folder holding an alignkd bundle and nothing else; others are refused)."),

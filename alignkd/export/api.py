@@ -22,7 +22,8 @@ from alignkd.errors import AlignKDError
 DEFAULT_MAX_SEQ_LEN = 1024
 SLACK_BYTES = 64 << 20
 # Bytes written per parameter, worst case over the target's intermediates (fp32 graphs before quantization).
-BYTES_PER_PARAM = {"executorch": 4.2, "onnx": 8.5, "coreml": 6.5}
+# gguf: the f32 model file, kept until llama.cpp's quantiser has written the quantised one next to it.
+BYTES_PER_PARAM = {"executorch": 4.2, "onnx": 8.5, "coreml": 6.5, "gguf": 8.2}
 
 
 def estimate_bytes(n_params: int, target: str) -> int:
@@ -72,7 +73,7 @@ def _versions(target: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     names = {"executorch": ("torch", "executorch", "torchao"), "onnx": ("torch", "onnx", "onnxscript", "onnxruntime"),
-             "coreml": ("torch", "coremltools")}[target] + ("transformers",)
+             "coreml": ("torch", "coremltools"), "gguf": ("torch", "gguf", "llama_cpp_python")}[target] + ("transformers",)
     out = {}
     for name in names:
         try:
@@ -93,6 +94,10 @@ def _calibration(paths, image_config) -> list:
 
 
 def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embedding_bits, vision_quant, max_seq_len, calibration):
+    if target == "gguf":
+        from alignkd.export.gguf import export_gguf
+
+        return export_gguf(model, tokenizer, model.config, model.config.image, staging, quant, vision_quant=vision_quant)
     if target == "executorch":
         from alignkd.export.executorch import export_executorch
 
@@ -108,7 +113,7 @@ def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embed
 
 
 def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
-                  vision_quant: str = "fp32", max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
+                  vision_quant: str | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
                   allow_drift: bool = False, calibration_images=None) -> Path:
     """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant` (None: the target's default,
     DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
@@ -122,6 +127,8 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     quant = quant or DEFAULT_SCHEME.get(target, "fp32")
+    # llama.cpp ships quantised models with an f16 projector; elsewhere the vision encoder defaults to fp32.
+    vision_quant = vision_quant or ("fp16" if target == "gguf" and quant != "f32" else "fp32")
     check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
     load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
     from alignkd.models.checkpoint import load_checkpoint, load_config
@@ -137,6 +144,10 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
                            f"and the model's {llm.max_position_embeddings} positions; pass another --max-seq-len")
     _check_output(out, overwrite, num_parameters(config), target)
     check_backend(target)
+    if target == "gguf":
+        from alignkd.export.gguf import check_model
+
+        check_model(config)
 
     clean_stale_staging(out)
     staging = make_staging(out)
@@ -150,6 +161,8 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
         export_s = time.perf_counter() - t_parts
         scheme = {"scheme": quant, "group_size": group_size, "vision": vision_quant if target != "coreml" else "fp16",
                   "embedding_bits": (embedding_bits if quant == "8da4w" else 8 if quant == "8da8w" else None)}
+        if target == "gguf":  # llama.cpp's types fix their own block sizes and embedding type
+            scheme = {"scheme": quant, "vision": vision_quant, "embedding_bits": None}
         manifest = mf.build_manifest(
             config=config, tokenizer=tokenizer, target=target, quant=scheme, max_seq_len=max_seq_len, parts=parts,
             template="v1", tokenizer_files=tokenizer_files,
@@ -199,6 +212,10 @@ def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str
     result = {"measured": True, "thresholds": parity.thresholds(quant), "allow_drift": allow_drift,
               "parts": parity.part_parity(eager, bundle, pixels, ids),
               "end_to_end": parity.end_to_end(eager, bundle, tokenizer, config.image)}
+    if manifest["target"] == "gguf":
+        from alignkd.export.gguf import preprocessing_parity
+
+        result["llama_cpp_preprocessing"] = preprocessing_parity(eager, bundle, config.image)
     ok, misses = parity.judge(quant, result["end_to_end"])
     result["passed"] = ok
     if not ok and not allow_drift:

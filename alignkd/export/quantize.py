@@ -6,6 +6,8 @@ Schemes (closed sets, `SCHEMES`):
   The vision encoder is fp32 or, with `vision_quant="int8"`, PT2E static int8 (XNNPACKQuantizer).
 - onnx: `fp32`, `int8` (onnxruntime quantize_dynamic), `int4` (MatMulNBits, block = `group_size`).
 - coreml: `fp16`, `int8` (per channel), `int4` (per block of `group_size`), `palettize4` (4-bit LUT).
+- gguf: `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_s` (llama.cpp's own types and quantiser); the projector GGUF is
+  fp16 (default for quantised models) or fp32 (`vision_quant`).
 
 Every user-facing check raises AlignKDError before any heavy work (`check_options`).
 
@@ -23,17 +25,19 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "executorch": ("fp32", "8da8w", "8da4w"),
     "onnx": ("fp32", "int8", "int4"),
     "coreml": ("fp16", "int8", "int4", "palettize4"),
+    "gguf": ("f32", "f16", "q8_0", "q4_0", "q4_k_s"),
 }
 # What `--quant` means when omitted: full precision where the target has it; Core ML's floor is fp16.
-DEFAULT_SCHEME = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16"}
-VISION_QUANT = ("fp32", "int8")
+DEFAULT_SCHEME = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16", "gguf": "f32"}
+VISION_QUANT = ("fp32", "int8", "fp16")
 EMBEDDING_BITS = (4, 8)
-EXTRAS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
+EXTRAS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml", "gguf": "gguf"}
 # Modules each target needs, checked up front so a missing one is named before the model is loaded.
 BACKEND_MODULES = {
     "executorch": ("executorch", "torchao"),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "coreml": ("coremltools",),
+    "gguf": ("gguf", "llama_cpp"),
 }
 
 
@@ -48,6 +52,8 @@ def check_options(target: str, quant: str, *, group_size: int, embedding_bits: i
         raise AlignKDError(f"unknown vision quantization {vision_quant!r}; valid: {', '.join(VISION_QUANT)}")
     if vision_quant == "int8" and target != "executorch":
         raise AlignKDError(f"--vision-quant int8 is only supported for the executorch target, not {target}; drop the option")
+    if vision_quant == "fp16" and target != "gguf":
+        raise AlignKDError(f"--vision-quant fp16 is only supported for the gguf target (its projector file), not {target}; drop the option")
     if embedding_bits not in EMBEDDING_BITS:
         raise AlignKDError(f"embedding bits {embedding_bits} are not supported; use one of {EMBEDDING_BITS}")
     if group_size <= 0:

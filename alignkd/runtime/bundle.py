@@ -3,7 +3,7 @@
 The manifest is validated against the bundle schema (alignkd/contract/manifest.schema.json), every path it names
 must stay inside the bundle, every file the backend loads must be listed, and every listed file's sha256 is
 checked before anything is loaded, so a tampered, truncated or smuggled-in file is refused by name. The
-backend is picked by the manifest's target (ExecuTorch, ONNX, Core ML).
+backend is picked by the manifest's target (ExecuTorch, ONNX, Core ML, GGUF through llama.cpp).
 
     alignkd generate --model out/tiny_et --image photo.png --prompt "What is in the picture?" --json
 """
@@ -35,7 +35,15 @@ def make_backend(folder: Path, manifest: dict, threads: int | None = None):
         from alignkd.runtime.coreml_backend import CoreMLBackend
 
         return CoreMLBackend(folder, manifest)
-    raise AlignKDError(f"bundle target {target!r} is unknown; valid targets: executorch, onnx, coreml")
+    if target == "gguf":
+        from alignkd.runtime.gguf_backend import GGUFBackend
+
+        parts, image = manifest["parts"], manifest["image"]
+        return GGUFBackend(bundle_path(folder, parts["text_decoder"]["file"], "part text_decoder"),
+                           bundle_path(folder, parts["vision_encoder"]["file"], "part vision_encoder"), manifest["max_seq_len"],
+                           exact=manifest["quant"]["scheme"] == "f32", image_size=image["size"], mean=image["mean"],
+                           std=image["std"], rescale_factor=image["rescale_factor"], threads=threads)
+    raise AlignKDError(f"bundle target {target!r} is unknown; valid targets: executorch, onnx, coreml, gguf")
 
 
 def load_bundle(path, threads: int | None = None):

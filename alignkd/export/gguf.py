@@ -1,0 +1,288 @@
+"""GGUF target: a llama.cpp bundle (language model GGUF + MobileVLM V2 `ldpv2` multimodal projector GGUF).
+
+- `model.gguf`: the LLaMA decoder as llama.cpp's `llama` architecture, with our SentencePiece tokenizer as
+  llama.cpp reads one (`tokenizer.ggml.model = llama`: pieces, scores, token types, bos/eos/unk/pad ids,
+  add_bos). Written in f32 with the `gguf` package (q/k rows permuted to llama.cpp's RoPE layout, as its own
+  `convert_hf_to_gguf.py` does), then, for `f16`, `q8_0`, `q4_0`, `q4_k_s`, quantised by llama.cpp's own
+  quantiser (`llama_model_quantize` through llama-cpp-python), so the file is the one `llama-quantize` writes.
+- `mmproj.gguf`: CLIP up to `mm_vision_select_layer` and the LDPv2 projector, as llama.cpp's clip/mtmd loads
+  MobileVLM V2 (`clip.projector_type = ldpv2`, the tensor names of its legacy `convert_image_encoder_to_gguf.py`),
+  f32 or f16 (2-D and 4-D weights in f16, the rest f32, as that converter does).
+
+    alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target gguf --quant q4_k_s -o out/tiny_gguf
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignkd.errors import AlignKDError
+
+MODEL_FILE = "model.gguf"
+PROJECTOR_FILE = "mmproj.gguf"
+# llama.cpp's LDPv2 graph (tools/mtmd/models/llava.cpp) hard-codes a 24x24 CLIP patch grid before the 2x2 pool.
+LDPV2_GRID = 24
+# --quant -> llama.cpp's `enum llama_ftype` (include/llama.h); f32 is written directly, never quantised.
+FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_s": 14}
+PROJECTOR_DTYPES = ("fp32", "fp16")
+# sentencepiece piece kinds -> llama.cpp token types (llama_token_type / gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+def check_model(config) -> None:
+    """Refuse, before any work, a model llama.cpp's MobileVLM V2 path cannot run."""
+    vision = config.vision
+    if config.projector_type != "ldpnetv2":
+        raise AlignKDError(f"the gguf target needs MobileVLM V2's ldpnetv2 projector (llama.cpp type ldpv2), not "
+                           f"{config.projector_type!r}; export this model with --target executorch or onnx")
+    grid = vision.image_size // vision.patch_size
+    if grid != LDPV2_GRID:
+        raise AlignKDError(f"llama.cpp's ldpv2 projector needs a {LDPV2_GRID}x{LDPV2_GRID} CLIP patch grid but this model has "
+                           f"{grid}x{grid} (image {vision.image_size}, patch {vision.patch_size}); use another target")
+    if config.select_feature != "patch":
+        raise AlignKDError(f"llama.cpp's llava graph takes patch features only, not mm_vision_select_feature "
+                           f"{config.select_feature!r}; use another target")
+    rope = _rope(config.llm)
+    if rope.get("rope_type", "default") != "default":
+        raise AlignKDError(f"the gguf target writes plain RoPE but this model's config has rope type {rope['rope_type']!r}; "
+                           "use another target")
+
+
+def _rope(llm_config) -> dict:
+    # transformers 5 keeps theta and scaling in rope_parameters; 4.x configs have rope_theta / rope_scaling.
+    params = getattr(llm_config, "rope_parameters", None)
+    if params:
+        return dict(params)
+    return {"rope_theta": getattr(llm_config, "rope_theta", 10000.0), **(getattr(llm_config, "rope_scaling", None) or {})}
+
+
+def vision_blocks(config) -> int:
+    """CLIP layers llama.cpp runs: hidden_states[select_layer] is the output of this many layers."""
+    n = config.vision.num_hidden_layers
+    return config.select_layer % (n + 1)
+
+
+# ---- language model -----------------------------------------------------------------------------------------
+
+
+def _permute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half q/k rows -> llama.cpp's interleaved RoPE rows (convert_hf_to_gguf's LlamaModel.permute)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _vocab(tokenizer) -> tuple[list[bytes], list[float], list[int]]:
+    sp = tokenizer.sp
+    tokens, scores, types = [], [], []
+    for i in range(sp.GetPieceSize()):
+        kind = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else UNUSED if sp.IsUnused(i)
+                else BYTE if sp.IsByte(i) else NORMAL)
+        tokens.append(sp.IdToPiece(i).encode("utf-8"))
+        scores.append(float(sp.GetScore(i)))
+        types.append(kind)
+    return tokens, scores, types
+
+
+def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+    tokens, scores, types = _vocab(tokenizer)
+    if len(tokens) != vocab_size:
+        raise AlignKDError(f"the tokenizer has {len(tokens)} pieces but the model's vocabulary is {vocab_size}; "
+                           "llama.cpp needs them equal: fix the checkpoint's tokenizer.model")
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(tokenizer.bos_id)
+    writer.add_eos_token_id(tokenizer.eos_id)
+    writer.add_unk_token_id(tokenizer.unk_id)
+    writer.add_pad_token_id(tokenizer.pad_id)
+    writer.add_add_bos_token(bool(tokenizer.add_bos))
+    writer.add_add_eos_token(bool(tokenizer.add_eos))
+    spec = tokenizer.sp.serialized_model_proto()
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(spec)
+    writer.add_add_space_prefix(bool(proto.normalizer_spec.add_dummy_prefix))
+
+
+def write_language_model(llm, tokenizer, path: Path, name: str) -> None:
+    """The LLaMA decoder in f32 as llama.cpp's `llama` architecture."""
+    import gguf
+
+    cfg = llm.config
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(cfg.hidden_size // n_head)
+    writer.add_rope_freq_base(float(_rope(cfg)["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(FTYPES["f32"])
+    _add_tokenizer(writer, tokenizer, cfg.vocab_size)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    for key, tensor in llm.state_dict().items():
+        target = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise AlignKDError(f"the language model has a weight {key!r} llama.cpp's llama architecture has no place for; use another target")
+        data = tensor.detach().float().numpy()
+        if key.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif key.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        writer.add_tensor(target, data)
+    _write(writer)
+
+
+def _write(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
+    """llama.cpp's own quantiser (what `llama-quantize SRC DST TYPE` runs) on an f32 GGUF."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = threads or os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise AlignKDError(f"llama.cpp's quantiser failed on {src.name} for {quant} (code {rc}); see its log above")
+
+
+# ---- vision encoder + projector --------------------------------------------------------------------------
+
+
+def _clip_name(key: str, n_blocks: int) -> str | None:
+    """HF CLIPVisionModel key -> llama.cpp clip tensor name (None: not used up to the selected layer)."""
+    key = key.removeprefix("vision_model.")
+    fixed = {"embeddings.class_embedding": "v.class_embd", "embeddings.patch_embedding.weight": "v.patch_embd.weight",
+             "embeddings.position_embedding.weight": "v.position_embd.weight",
+             "pre_layrnorm.weight": "v.pre_ln.weight", "pre_layrnorm.bias": "v.pre_ln.bias"}
+    if key in fixed:
+        return fixed[key]
+    if not key.startswith("encoder.layers."):
+        return None  # post_layernorm: after the selected layer, never used
+    layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+    if int(layer) >= n_blocks:
+        return None
+    # fc1 -> ffn_down, fc2 -> ffn_up is the legacy llava naming; clip.cpp detects it by shape and swaps back.
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.out_proj": "attn_out", "layer_norm1": "ln1", "layer_norm2": "ln2", "mlp.fc1": "ffn_down",
+             "mlp.fc2": "ffn_up"}
+    module, suffix = rest.rsplit(".", 1)
+    return f"v.blk.{layer}.{parts[module]}.{suffix}"
+
+
+def _projector_tensors(projector) -> dict[str, torch.Tensor]:
+    state = projector.state_dict()
+    return {"mm.model.mlp.0.weight": state["mlp.0.weight"], "mm.model.mlp.0.bias": state["mlp.0.bias"],
+            "mm.model.mlp.2.weight": state["mlp.2.weight"], "mm.model.mlp.2.bias": state["mlp.2.bias"],
+            "mm.model.peg.0.weight": state["peg.weight"].squeeze(1), "mm.model.peg.0.bias": state["peg.bias"]}
+
+
+def _cast(name: str, data: np.ndarray, dtype: str) -> np.ndarray:
+    # As llama.cpp's converter: matrices and conv kernels in f16, vectors (norms, biases, class token) in f32.
+    if dtype == "fp16" and name.endswith(".weight") and data.ndim >= 2:
+        return data.astype(np.float16)
+    return data.astype(np.float32)
+
+
+def write_projector(model, config, image_config, path: Path, dtype: str, name: str) -> None:
+    """CLIP to `mm_vision_select_layer` + LDPv2 as the `ldpv2` projector GGUF llama.cpp's mtmd loads."""
+    import gguf
+
+    vision, n_blocks = config.vision, vision_blocks(config)
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name(name)
+    writer.add_file_type(1 if dtype == "fp16" else 0)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_llava_projector", True)
+    writer.add_string("clip.projector_type", "ldpv2")
+    writer.add_uint32("clip.vision.image_size", vision.image_size)
+    writer.add_uint32("clip.vision.patch_size", vision.patch_size)
+    writer.add_uint32("clip.vision.embedding_length", vision.hidden_size)
+    writer.add_uint32("clip.vision.feed_forward_length", vision.intermediate_size)
+    writer.add_uint32("clip.vision.projection_dim", getattr(vision, "projection_dim", None) or vision.hidden_size)
+    writer.add_uint32("clip.vision.attention.head_count", vision.num_attention_heads)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", vision.layer_norm_eps)
+    writer.add_uint32("clip.vision.block_count", n_blocks)
+    # hidden_states[n_blocks] explicitly: without it clip.cpp runs block_count - 1 layers.
+    writer.add_array("clip.vision.feature_layer", [n_blocks])
+    writer.add_array("clip.vision.image_mean", [float(m) for m in image_config.mean])
+    writer.add_array("clip.vision.image_std", [float(s) for s in image_config.std])
+    writer.add_bool("clip.use_gelu", vision.hidden_act == "gelu")  # false: quick_gelu, as CLIP
+    for key, tensor in model.vision_tower.state_dict().items():
+        target = _clip_name(key, n_blocks)
+        if target is not None:
+            writer.add_tensor(target, _cast(target, tensor.detach().float().numpy(), dtype))
+    for target, tensor in _projector_tensors(model.mm_projector).items():
+        writer.add_tensor(target, _cast(target, tensor.detach().float().numpy(), dtype))
+    _write(writer)
+
+
+# ---- the bundle's parts ------------------------------------------------------------------------------------
+
+
+def export_gguf(model, tokenizer, config, image_config, folder: Path, quant: str, *, vision_quant: str,
+                threads: int | None = None) -> dict:
+    """Write model.gguf and mmproj.gguf into `folder`; returns the manifest's `parts`."""
+    folder = Path(folder)
+    name = "MobileVLM V2 (alignkd)"
+    write_projector(model, config, image_config, folder / PROJECTOR_FILE, vision_quant, f"{name} vision")
+    model_path = folder / MODEL_FILE
+    if quant == "f32":
+        write_language_model(model.llm, tokenizer, model_path, name)
+    else:
+        source = folder / ".model-f32.gguf.tmp"
+        try:
+            write_language_model(model.llm, tokenizer, source, name)
+            quantize(source, model_path, quant, threads)
+        finally:
+            source.unlink(missing_ok=True)
+    return parts_entry(config, quant, vision_quant)
+
+
+def parts_entry(config, quant: str, vision_quant: str) -> dict:
+    vision, d = config.vision, config.llm.hidden_size
+    pixels = {"name": "pixel_values", "shape": [1, 3, vision.image_size, vision.image_size], "dtype": "uint8"}
+    return {
+        "vision_encoder": {"file": PROJECTOR_FILE, "quant": vision_quant, "function": "mtmd_encode_chunk",
+                           "inputs": [pixels], "outputs": [{"name": "image_embeddings",
+                                                            "shape": [1, config.num_image_tokens, d], "dtype": "float32"}]},
+        "token_embedding": {"file": MODEL_FILE, "quant": quant, "function": "token_embd.weight",
+                            "inputs": [{"name": "input_ids", "shape": [1, "seq"], "dtype": "int32"}],
+                            "outputs": [{"name": "embeddings", "shape": [1, "seq", d], "dtype": "float32"}]},
+        "text_decoder": {"file": MODEL_FILE, "quant": quant, "function": "llama_decode",
+                         "inputs": [{"name": "embd", "shape": [1, "seq", d], "dtype": "float32"},
+                                    {"name": "pos", "shape": [1, "seq"], "dtype": "int32"}],
+                         "outputs": [{"name": "logits", "shape": [1, config.llm.vocab_size], "dtype": "float32"}]},
+    }
+
+
+def preprocessing_parity(eager, bundle, image_config) -> dict:
+    """Image tokens from llama.cpp's own pad/resize of the raw golden images against ours (eager, official
+    preprocessing): what a llama.cpp user feeding image files gets. Reported, never judged."""
+    from alignkd.data.image import ImageProcessor
+    from alignkd.export.parity import golden_images, metrics
+
+    processor, rows = ImageProcessor(image_config), []
+    with torch.inference_mode():
+        for image in golden_images():
+            ours = eager.encode_image(processor([image]))
+            rows.append({"size": list(image.size), **metrics(ours, bundle.encode_pil(image))})
+    return {"images": rows, "min_cosine": min(r["cosine"] for r in rows)}
