@@ -159,6 +159,11 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
         parts = _export_parts(model, tokenizer, target, quant, staging, group_size=group_size, embedding_bits=embedding_bits,
                               vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration)
         export_s = time.perf_counter() - t_parts
+        extra = {}
+        if target == "gguf":
+            from alignkd.export.gguf import llama_cpp_info
+
+            extra["llama_cpp"] = llama_cpp_info()
         scheme = {"scheme": quant, "group_size": group_size, "vision": vision_quant if target != "coreml" else "fp16",
                   "embedding_bits": (embedding_bits if quant == "8da4w" else 8 if quant == "8da8w" else None)}
         if target == "gguf":  # llama.cpp's types fix their own block sizes and embedding type
@@ -167,7 +172,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
             config=config, tokenizer=tokenizer, target=target, quant=scheme, max_seq_len=max_seq_len, parts=parts,
             template="v1", tokenizer_files=tokenizer_files,
             source={"checkpoint": str(checkpoint), "sha256": mf.checkpoint_hash(checkpoint)},
-            export_info={"parts_seconds": round(export_s, 2), "versions": _versions(target)},
+            export_info={"parts_seconds": round(export_s, 2), "versions": _versions(target), **extra},
         )
         manifest["files"] = mf.file_table(staging)
         manifest["parity"] = _measure(model, tokenizer, config, staging, manifest, quant, allow_drift)

@@ -118,7 +118,9 @@ def write_language_model(llm, tokenizer, path: Path, name: str) -> None:
     cfg = llm.config
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_type("model")
     writer.add_name(name)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
@@ -126,6 +128,8 @@ def write_language_model(llm, tokenizer, path: Path, name: str) -> None:
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     writer.add_rope_dimension_count(cfg.hidden_size // n_head)
+    writer.add_key_length(cfg.hidden_size // n_head)
+    writer.add_value_length(cfg.hidden_size // n_head)
     writer.add_rope_freq_base(float(_rope(cfg)["rope_theta"]))
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
@@ -233,6 +237,14 @@ def write_projector(model, config, image_config, path: Path, dtype: str, name: s
     for target, tensor in _projector_tensors(model.mm_projector).items():
         writer.add_tensor(target, _cast(target, tensor.detach().float().numpy(), dtype))
     _write(writer)
+
+
+def llama_cpp_info() -> dict:
+    """Which llama.cpp wrote and checked the files: the binding's version (it pins the vendored llama.cpp) and
+    the CPU features the build uses (a wrong build crashes with "Illegal instruction", see docs/export.md)."""
+    import llama_cpp
+
+    return {"llama_cpp_python": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
 
 
 # ---- the bundle's parts ------------------------------------------------------------------------------------

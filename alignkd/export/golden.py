@@ -5,8 +5,9 @@
   of the tiny checkpoint reproduces exactly.
 - `profile_prompt.json`: the question `alignkd profile` fits to its prefill target (`fit_prompt`) for the tiny
   tokenizer, with its position count, so the apps' benchmark question is checked to be the host's.
-- `manifests/`: the manifest.json of tiny ExecuTorch (8da4w) and Core ML (fp16) bundles as the exporter writes
-  them (the model files are not kept), so the JVM and Swift cores parse and validate real manifests.
+- `manifests/`: the manifest.json of tiny ExecuTorch (8da4w), Core ML (fp16) and GGUF (q4_k_s) bundles as the
+  exporter writes them (the model files are not kept), so the JVM and Swift cores parse and validate real
+  manifests (and refuse a bundle of a target they cannot run by name).
 
 `tests/export/test_golden.py` regenerates the pairs and the prompt vectors and compares; the manifests take two
 exports, so their check is marked slow (`tests/apps`).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 TINY_CHECKPOINT = Path("tests/fixtures/mobilevlm_official_tiny/checkpoint")
 GOLDEN_DIR = Path("export/golden")
-MANIFEST_BUNDLES = (("executorch", "8da4w"), ("coreml", "fp16"))
+MANIFEST_BUNDLES = (("executorch", "8da4w"), ("coreml", "fp16"), ("gguf", "q4_k_s"))
 MANIFEST_MAX_SEQ_LEN = 512  # as tests/export/conftest.py: a small cache keeps the exports fast
 # 190 is the profile's target; the tiny model's 144 image tokens leave room for no filler word there, so the
 # larger targets check that the word search itself agrees.

@@ -58,7 +58,7 @@ def test_manifest_resources_follow_the_current_schema():
     from alignkd.contract.manifest import validate
 
     manifests = sorted((GOLDEN / "manifests").glob("*.json"))
-    assert {p.name for p in manifests} == {"executorch_8da4w.json", "coreml_fp16.json"}
+    assert {p.name for p in manifests} == {"executorch_8da4w.json", "coreml_fp16.json", "gguf_q4_k_s.json"}
     for path in manifests:
         validate(json.loads(path.read_text()), str(path))
 

@@ -122,8 +122,8 @@ public struct Manifest {
             }
         }
         let target = root["target"] as? String ?? ""
-        guard ["executorch", "onnx", "coreml"].contains(target) else {
-            throw BundleError("\(path) has target '\(target)'; valid targets: executorch, onnx, coreml; re-export the bundle")
+        guard ["executorch", "onnx", "coreml", "gguf"].contains(target) else {
+            throw BundleError("\(path) has target '\(target)'; valid targets: executorch, onnx, coreml, gguf; re-export the bundle")
         }
     }
 

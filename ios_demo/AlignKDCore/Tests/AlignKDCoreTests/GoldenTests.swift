@@ -168,6 +168,14 @@ final class ManifestTests: XCTestCase {
         XCTAssertThrowsError(try m.requireTarget("executorch", where: "b"))
     }
 
+    func testReadsTheGGUFManifestAndRefusesItForCoreML() throws {
+        let json = try manifestJSON("gguf_q4_k_s.json")
+        let m = try Manifest.parse(try JSONSerialization.data(withJSONObject: json), where: "m")
+        XCTAssertEqual(m.target, "gguf")
+        XCTAssertEqual(m.partFile("vision_encoder"), "mmproj.gguf")
+        XCTAssertThrowsError(try m.requireTarget("coreml", where: "b"))
+    }
+
     func testNamesMissingFieldsAndVersion() throws {
         var j = try manifestJSON()
         j.removeValue(forKey: "num_image_tokens")

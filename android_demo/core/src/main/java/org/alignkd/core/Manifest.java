@@ -142,9 +142,10 @@ public final class Manifest {
         requireAll(root.getJSONObject("source"), where, "source", "checkpoint", "sha256");
         requireAll(root.getJSONObject("parity"), where, "parity", "measured", "passed");
         String target = root.getString("target");
-        if (!target.equals("executorch") && !target.equals("onnx") && !target.equals("coreml")) {
+        if (!target.equals("executorch") && !target.equals("onnx") && !target.equals("coreml")
+                && !target.equals("gguf")) {
             throw new BundleException(where + " has target '" + target
-                    + "'; valid targets: executorch, onnx, coreml; re-export the bundle");
+                    + "'; valid targets: executorch, onnx, coreml, gguf; re-export the bundle");
         }
     }
 

@@ -65,6 +65,19 @@ public class ManifestTest {
     }
 
     @Test
+    public void readsAGgufManifestAndRefusesItCleanly() throws Exception {
+        Manifest m = Golden.manifest("gguf_q4_k_s.json");
+        assertEquals("gguf", m.target());
+        assertEquals("mmproj.gguf", m.partFile("vision_encoder"));
+        try {
+            m.requireTarget("executorch", "bundles/tiny");
+            fail("a llama.cpp bundle must be refused by the ExecuTorch app");
+        } catch (BundleException err) {
+            assertTrue(err.getMessage(), err.getMessage().contains("--target executorch"));
+        }
+    }
+
+    @Test
     public void namesAMissingRequiredField() throws Exception {
         JSONObject j = etJson();
         j.remove("num_image_tokens");

@@ -1,0 +1,181 @@
+"""GGUF bundles (llama.cpp): the files read back with the gguf package, llama.cpp's own tokenizer on our vocab,
+f32 parity with the official fixture's greedy tokens through llama.cpp, the quantised variants, and bad inputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.export.conftest import manifest_of
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'alignkd[gguf]' (builds llama.cpp)")
+gguf = pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'alignkd[gguf]'")
+
+GOLDEN = Path(__file__).resolve().parents[2] / "export" / "golden"
+QUANTS = ("f16", "q8_0", "q4_0", "q4_k_s")
+
+
+def _fields(path: Path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return reader, {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def test_language_model_file(bundles, checkpoint):
+    from alignkd.data.tokenizer import Tokenizer
+    from alignkd.models.checkpoint import load_config
+
+    config, tok = load_config(checkpoint).llm, Tokenizer.from_folder(checkpoint)
+    reader, kv = _fields(bundles("gguf", "f32") / "model.gguf")
+    assert kv["general.architecture"] == "llama" and kv["general.file_type"] == 0
+    assert (kv["llama.embedding_length"], kv["llama.block_count"], kv["llama.feed_forward_length"]) == (64, 2, 128)
+    assert (kv["llama.attention.head_count"], kv["llama.attention.head_count_kv"], kv["llama.rope.dimension_count"]) == (4, 4, 16)
+    assert kv["llama.rope.freq_base"] == 10000.0 and kv["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert kv["tokenizer.ggml.model"] == "llama"
+    assert kv["tokenizer.ggml.tokens"] == [tok.sp.IdToPiece(i) for i in range(config.vocab_size)]
+    assert kv["tokenizer.ggml.scores"] == pytest.approx([tok.sp.GetScore(i) for i in range(config.vocab_size)])
+    types = kv["tokenizer.ggml.token_type"]
+    assert (types[0], types[1], types[2], types[3], types[300]) == (2, 3, 3, 6, 1)  # unk, bos, eos, <0x00>, a piece
+    ids = (kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"], kv["tokenizer.ggml.unknown_token_id"],
+           kv["tokenizer.ggml.padding_token_id"])
+    assert ids == (tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id)
+    assert kv["tokenizer.ggml.add_bos_token"] is True and kv["tokenizer.ggml.add_eos_token"] is False
+    shapes = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    assert shapes["token_embd.weight"] == [64, 512] and shapes["output.weight"] == [64, 512]
+    assert shapes["blk.1.ffn_down.weight"] == [128, 64] and shapes["output_norm.weight"] == [64]
+    assert len(shapes) == 3 + 2 * 9
+
+
+def test_projector_file(bundles):
+    reader, kv = _fields(bundles("gguf", "f32") / "mmproj.gguf")
+    assert kv["general.architecture"] == "clip" and kv["clip.projector_type"] == "ldpv2"
+    # hidden_states[-2] of a 3-layer CLIP is the output of 2 layers: 2 blocks stored, feature layer 2.
+    assert kv["clip.vision.block_count"] == 2 and kv["clip.vision.feature_layer"] == [2]
+    assert (kv["clip.vision.image_size"], kv["clip.vision.patch_size"], kv["clip.use_gelu"]) == (72, 3, False)
+    shapes = {t.name: ([int(n) for n in t.shape], t.tensor_type.name) for t in reader.tensors}
+    assert shapes["mm.model.peg.0.weight"] == ([3, 3, 64], "F32")  # depthwise kernel, ggml order
+    assert shapes["v.patch_embd.weight"] == ([3, 3, 3, 32], "F32")
+    assert "v.blk.1.ffn_up.weight" in shapes and "v.blk.2.attn_q.weight" not in shapes and "v.post_ln.weight" not in shapes
+
+
+def test_llama_cpp_tokenizes_like_ours(bundles, checkpoint):
+    """llama.cpp's own SentencePiece tokenizer on the GGUF vocab gives alignkd's ids (llama-cli sees our prompts)."""
+    import llama_cpp
+
+    from alignkd.data.tokenizer import Tokenizer
+
+    ours = Tokenizer.from_folder(checkpoint)
+    llm = llama_cpp.Llama(str(bundles("gguf", "f32") / "model.gguf"), vocab_only=True, verbose=False)
+    for text in ("A chat between a curious user and an artificial intelligence assistant.", " leading space, 123 digits!",
+                 "USER: What colour is the largest object? ASSISTANT:"):
+        assert llm.tokenize(text.encode(), add_bos=True) == ours.encode(text), text
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_f32_gives_official_greedy_tokens(bundles, fixture_dir, expected, case):
+    """The official MobileVLM code's greedy tokens through llama.cpp (mtmd image encode + llama_decode)."""
+    from alignkd.runtime.run import generate_from_checkpoint
+
+    c = expected["cases"][case]
+    got = generate_from_checkpoint(bundles("gguf", "f32"), c["question"], fixture_dir / c["image_file"],
+                                   max_new_tokens=c["generate"]["max_new_tokens"])
+    assert got.input_ids == c["input_ids"]
+    assert got.output_ids == c["generate"]["new_token_ids"]
+
+
+def test_f32_parity_at_export(bundles):
+    m = manifest_of(bundles("gguf", "f32"))
+    assert m["target"] == "gguf" and m["quant"] == {"scheme": "f32", "vision": "fp32", "embedding_bits": None}
+    assert {"model.gguf", "mmproj.gguf", "tokenizer.model"} <= set(m["files"])
+    parity = m["parity"]
+    assert parity["measured"] and parity["passed"] and parity["end_to_end"]["exact_match"]
+    assert parity["parts"]["token_embedding"]["max_abs"] == 0.0
+    assert parity["parts"]["vision_encoder"]["cosine"] > 0.9999
+    assert parity["llama_cpp_preprocessing"]["min_cosine"] > 0.5  # reported: llama.cpp's own pad/resize differs
+
+
+def test_f32_gives_golden_tokens(bundles):
+    from alignkd.runtime.run import generate_from_checkpoint
+
+    golden = json.loads((GOLDEN / "golden.json").read_text())
+    for pair in golden["pairs"]:
+        got = generate_from_checkpoint(bundles("gguf", "f32"), pair["question"], GOLDEN / pair["image"],
+                                       max_new_tokens=golden["decoding"]["max_new_tokens"])
+        assert got.output_ids == pair["expected_tokens"], pair["image"]
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_quantised_variants_load_and_generate(bundles, quant):
+    from alignkd.export.gguf import FTYPES
+    from alignkd.export.parity import MIN_LOGIT_COSINE, MIN_TOKEN_AGREEMENT
+    from alignkd.runtime.run import generate_from_checkpoint
+
+    bundle = bundles("gguf", quant)
+    m = manifest_of(bundle)
+    assert m["quant"] == {"scheme": quant, "vision": "fp16", "embedding_bits": None}
+    _, kv = _fields(bundle / "model.gguf")
+    assert kv["general.file_type"] == FTYPES[quant]
+    _, proj = _fields(bundle / "mmproj.gguf")
+    assert proj["general.file_type"] == 1
+    e2e = m["parity"]["end_to_end"]
+    assert e2e["token_agreement"] >= MIN_TOKEN_AGREEMENT[quant] and e2e["logit_cosine"] >= MIN_LOGIT_COSINE[quant]
+    f32 = manifest_of(bundles("gguf", "f32"))["files"]
+    assert m["files"]["model.gguf"]["bytes"] < f32["model.gguf"]["bytes"]
+    got = generate_from_checkpoint(bundle, "Describe the image.", GOLDEN / "pair1.png", max_new_tokens=8)
+    assert len(got.output_ids) >= 1 and got.timings["prefill_tokens"] > 144
+
+
+def test_unsupported_quant_for_target_is_one_error(checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "gguf", "--quant", "8da4w", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and not (tmp_path / "b").exists()
+    assert "unknown quantization scheme '8da4w' for target gguf; valid schemes: f32, f16, q8_0, q4_0, q4_k_s" in result.output
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "gguf", "--vision-quant", "int8", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "only supported for the executorch target" in result.output
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "onnx", "--vision-quant", "fp16", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "only supported for the gguf target" in result.output
+
+
+def test_projector_not_ldpv2_is_refused_by_name(bundles, tmp_path):
+    """A projector GGUF of another kind (a LLaVA mlp one here) is refused before llama.cpp sees it."""
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.gguf_backend import GGUFBackend
+
+    src = bundles("gguf", "f32")
+    reader = gguf.GGUFReader(str(src / "mmproj.gguf"))
+    writer = gguf.GGUFWriter(str(tmp_path / "mmproj.gguf"), "clip")
+    writer.add_string("clip.projector_type", "mlp")
+    for t in reader.tensors[:2]:
+        writer.add_tensor(t.name, t.data)
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    with pytest.raises(AlignKDError, match=r"is not a MobileVLM V2 projector \(clip.projector_type 'mlp', expected 'ldpv2'\)"):
+        GGUFBackend(src / "model.gguf", tmp_path / "mmproj.gguf", 512, exact=True, image_size=72, mean=(0.5,) * 3,
+                    std=(0.5,) * 3, rescale_factor=1 / 255)
+
+
+def test_model_llama_cpp_cannot_run_is_refused_before_export(checkpoint, tmp_path):
+    """llama.cpp's ldpv2 graph hard-codes a 24x24 patch grid: another grid is one error, before any file is written."""
+    from alignkd.errors import AlignKDError
+    from alignkd.export.gguf import check_model
+    from alignkd.models.checkpoint import load_config
+
+    config = load_config(checkpoint)
+    config.vision.image_size = 36
+    with pytest.raises(AlignKDError, match="needs a 24x24 CLIP patch grid but this model has 12x12"):
+        check_model(config)
+
+
+def test_bundle_with_tampered_model_file_is_refused(bundles, tmp_path):
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.bundle import load_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundles("gguf", "q4_0"), copy)
+    with open(copy / "model.gguf", "r+b") as fh:
+        fh.seek(-16, 2)
+        fh.write(b"\0" * 16)
+    with pytest.raises(AlignKDError, match="model.gguf"):
+        load_bundle(copy)
