@@ -54,7 +54,7 @@ def test_generate_missing_checkpoint(tmp_path):
 
 def test_export_bad_target_and_existing_output(fixture_dir, tmp_path):
     out = run("export", str(fixture_dir / "checkpoint"), "--target", "tflite", "-o", str(tmp_path / "b"))
-    assert out.returncode == 2 and "valid targets: executorch, onnx, coreml" in out.stderr
+    assert out.returncode == 2 and "valid targets: executorch, onnx, coreml, gguf" in out.stderr
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "x").write_text("x")
     out = run("export", str(fixture_dir / "checkpoint"), "--target", "onnx", "-o", str(tmp_path / "exists"))

@@ -12,11 +12,12 @@ from alignkd.export import export_bundle
 
 
 def test_unknown_target(checkpoint, tmp_path):
-    with pytest.raises(AlignKDError, match="unknown export target 'tflite'; valid targets: executorch, onnx, coreml"):
+    with pytest.raises(AlignKDError, match="unknown export target 'tflite'; valid targets: executorch, onnx, coreml, gguf"):
         export_bundle(checkpoint, "tflite", "fp32", tmp_path / "b")
 
 
-@pytest.mark.parametrize("target,quant", [("executorch", "int4"), ("onnx", "8da4w"), ("coreml", "fp32")])
+@pytest.mark.parametrize("target,quant", [("executorch", "int4"), ("onnx", "8da4w"), ("coreml", "fp32"),
+                                                ("gguf", "8da4w"), ("gguf", "q4_k_m")])
 def test_unknown_scheme(checkpoint, tmp_path, target, quant):
     with pytest.raises(AlignKDError, match=f"unknown quantization scheme '{quant}' for target {target}; valid schemes"):
         export_bundle(checkpoint, target, quant, tmp_path / "b")
@@ -38,6 +39,10 @@ def test_bad_embedding_bits_and_vision_quant(checkpoint, tmp_path):
         export_bundle(checkpoint, "executorch", "8da4w", tmp_path / "b", embedding_bits=2)
     with pytest.raises(AlignKDError, match="only supported for the executorch target"):
         export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b", vision_quant="int8")
+    with pytest.raises(AlignKDError, match="only supported for the executorch target, not gguf"):
+        export_bundle(checkpoint, "gguf", "q4_0", tmp_path / "b", vision_quant="int8")
+    with pytest.raises(AlignKDError, match="--vision-quant fp16 is only supported for the gguf target"):
+        export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b", vision_quant="fp16")
 
 
 def test_not_mobilevlm(checkpoint, tmp_path):
@@ -67,6 +72,23 @@ def test_missing_backend_names_extra(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
     with pytest.raises(AlignKDError, match=r"pip install 'alignkd\[coreml\]'"):
         export_bundle(checkpoint, "coreml", "fp16", tmp_path / "b")
+
+
+def test_missing_llama_cpp_names_the_gguf_extra(checkpoint, tmp_path, monkeypatch):
+    from alignkd.models.checkpoint import load_config
+
+    load_config(checkpoint)  # transformers' lazy imports go through importlib.import_module(name, package): load it first
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "llama_cpp" or name.startswith("llama_cpp."):
+            raise ImportError("No module named 'llama_cpp'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
+    with pytest.raises(AlignKDError, match=r"the gguf export needs the '(gguf|llama_cpp)' package.*pip install 'alignkd\[gguf\]'"):
+        export_bundle(checkpoint, "gguf", "q4_k_s", tmp_path / "b")
 
 
 def test_existing_output_refused(checkpoint, tmp_path):

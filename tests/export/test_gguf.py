@@ -125,20 +125,6 @@ def test_quantised_variants_load_and_generate(bundles, quant):
     assert len(got.output_ids) >= 1 and got.timings["prefill_tokens"] > 144
 
 
-def test_unsupported_quant_for_target_is_one_error(checkpoint, tmp_path):
-    from typer.testing import CliRunner
-
-    from alignkd.cli import app
-
-    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "gguf", "--quant", "8da4w", "-o", str(tmp_path / "b")])
-    assert result.exit_code == 2 and not (tmp_path / "b").exists()
-    assert "unknown quantization scheme '8da4w' for target gguf; valid schemes: f32, f16, q8_0, q4_0, q4_k_s" in result.output
-    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "gguf", "--vision-quant", "int8", "-o", str(tmp_path / "b")])
-    assert result.exit_code == 2 and "only supported for the executorch target" in result.output
-    result = CliRunner().invoke(app, ["export", str(checkpoint), "--target", "onnx", "--vision-quant", "fp16", "-o", str(tmp_path / "b")])
-    assert result.exit_code == 2 and "only supported for the gguf target" in result.output
-
-
 def test_projector_not_ldpv2_is_refused_by_name(bundles, tmp_path):
     """A projector GGUF of another kind (a LLaVA mlp one here) is refused before llama.cpp sees it."""
     from alignkd.errors import AlignKDError
