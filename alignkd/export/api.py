@@ -214,13 +214,18 @@ def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str
     image, question = parity.golden_pairs()[0]
     pixels = ImageProcessor(config.image)([image])
     ids = tokenize_with_image(build_prompt(question, 1), tokenizer)
+    judged = bundle
+    if manifest["target"] == "gguf":  # llama.cpp's image path is measured apart: alignkd.export.gguf.EagerImages
+        from alignkd.export.gguf import EagerImages
+
+        judged = EagerImages(eager, bundle)
     result = {"measured": True, "thresholds": parity.thresholds(quant), "allow_drift": allow_drift,
               "parts": parity.part_parity(eager, bundle, pixels, ids),
-              "end_to_end": parity.end_to_end(eager, bundle, tokenizer, config.image)}
+              "end_to_end": parity.end_to_end(eager, judged, tokenizer, config.image)}
     if manifest["target"] == "gguf":
-        from alignkd.export.gguf import preprocessing_parity
+        from alignkd.export.gguf import image_path_parity
 
-        result["llama_cpp_preprocessing"] = preprocessing_parity(eager, bundle, config.image)
+        result.update(image_path_parity(eager, bundle, model, tokenizer, config, pixels))
     ok, misses = parity.judge(quant, result["end_to_end"])
     result["passed"] = ok
     if not ok and not allow_drift:

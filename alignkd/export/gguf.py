@@ -158,8 +158,11 @@ def _write(writer) -> None:
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
     """llama.cpp's own quantiser (what `llama-quantize SRC DST TYPE` runs) on an f32 GGUF."""
+    import logging
+
     import llama_cpp
 
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # one INFO line per tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads or os.cpu_count() or 1
@@ -199,9 +202,14 @@ def _projector_tensors(projector) -> dict[str, torch.Tensor]:
             "mm.model.peg.0.weight": state["peg.weight"].squeeze(1), "mm.model.peg.0.bias": state["peg.bias"]}
 
 
+# ggml's CPU depthwise conv (ggml_conv_2d_dw: im2col to f16) has no f32-kernel path: an f32 PEG kernel aborts
+# mtmd's warm-up with GGML_ASSERT(*cur_backend_id != -1). llama.cpp's converter stores it in f16 for that reason.
+F16_ALWAYS = ("mm.model.peg.0.weight",)
+
+
 def _cast(name: str, data: np.ndarray, dtype: str) -> np.ndarray:
     # As llama.cpp's converter: matrices and conv kernels in f16, vectors (norms, biases, class token) in f32.
-    if dtype == "fp16" and name.endswith(".weight") and data.ndim >= 2:
+    if name in F16_ALWAYS or (dtype == "fp16" and name.endswith(".weight") and data.ndim >= 2):
         return data.astype(np.float16)
     return data.astype(np.float32)
 
@@ -286,15 +294,71 @@ def parts_entry(config, quant: str, vision_quant: str) -> dict:
     }
 
 
+class EagerImages:
+    """The GGUF language model fed the eager model's image tokens (through `llama_batch.embd`), the rest llama.cpp.
+
+    What export judges: llama.cpp 0c1e570's llava graph (used for ldpv2) puts CLIP's class token after the
+    patches while its inputs still assume it first (llama.cpp issue 25814, fix proposed in PR 25844), so every
+    patch gets its neighbour's position embedding, patch 0 is dropped and the class token is fed as the last
+    image token. No GGUF can undo that, so llama.cpp's own image path cannot reproduce the official tokens;
+    it is measured and reported (`image_path_parity`), and the decoder, tokenizer and quantisation are judged
+    here."""
+
+    def __init__(self, eager, bundle):
+        self.eager, self.bundle, self.max_seq_len = eager, bundle, bundle.max_seq_len
+
+    def encode_image(self, pixel_values):
+        return self.eager.encode_image(pixel_values)
+
+    def embed_tokens(self, ids):
+        return self.bundle.embed_tokens(ids)
+
+    def prefill(self, embeds):
+        return self.bundle.prefill(embeds)
+
+    def decode(self, embeds, position):
+        return self.bundle.decode(embeds, position)
+
+
+@torch.inference_mode()
+def cls_last_reference(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The image tokens llama.cpp 0c1e570 computes (see EagerImages), emulated in PyTorch on the eager modules:
+    class token appended after the patches, position embeddings 0..N in that order, rows 1..N kept."""
+    tower, n_blocks = model.vision_tower, vision_blocks(model.config)
+    tower = getattr(tower, "vision_model", tower)  # transformers 4.x nests the modules one level deeper
+    emb = tower.embeddings
+    patches = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+    x = torch.cat([patches, emb.class_embedding.expand(patches.shape[0], 1, -1)], 1) + emb.position_embedding.weight[None]
+    x = tower.pre_layrnorm(x)
+    for layer in tower.encoder.layers[:n_blocks]:
+        out = layer(x, None)
+        x = out[0] if isinstance(out, tuple) else out
+    return model.mm_projector(x[:, 1:])
+
+
+def image_path_parity(eager, bundle, model, tokenizer, config, pixel_values) -> dict:
+    """llama.cpp's own image path (mtmd), reported, not judged: its image tokens against eager and against the
+    emulated class-token-last graph, end-to-end agreement with it, and llama.cpp's own preprocessing."""
+    from alignkd.export.parity import end_to_end, metrics
+
+    got = bundle.encode_image(pixel_values)
+    e2e = end_to_end(eager, bundle, tokenizer, config.image)
+    return {"llama_cpp_image_path": {
+        "vision_vs_eager": metrics(eager.encode_image(pixel_values), got),
+        "vision_vs_cls_last_emulation": metrics(cls_last_reference(model, pixel_values), got),
+        "end_to_end": {k: e2e[k] for k in ("exact_match", "token_agreement", "logit_cosine", "min_logit_cosine")},
+        "preprocessing": preprocessing_parity(eager, bundle, config.image)}}
+
+
 def preprocessing_parity(eager, bundle, image_config) -> dict:
-    """Image tokens from llama.cpp's own pad/resize of the raw golden images against ours (eager, official
-    preprocessing): what a llama.cpp user feeding image files gets. Reported, never judged."""
+    """llama.cpp's image tokens from its own pad/resize of the raw golden images against those from the official
+    preprocessing (both through mtmd): what a llama.cpp user feeding image files changes. Reported, never judged."""
     from alignkd.data.image import ImageProcessor
     from alignkd.export.parity import golden_images, metrics
 
     processor, rows = ImageProcessor(image_config), []
     with torch.inference_mode():
         for image in golden_images():
-            ours = eager.encode_image(processor([image]))
+            ours = bundle.encode_image(processor([image]))  # the same graph: only the preprocessing differs
             rows.append({"size": list(image.size), **metrics(ours, bundle.encode_pil(image))})
     return {"images": rows, "min_cosine": min(r["cosine"] for r in rows)}

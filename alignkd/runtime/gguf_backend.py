@@ -37,7 +37,21 @@ def _import():
     except ImportError as err:
         raise AlignKDError(f"running a GGUF bundle needs llama-cpp-python and gguf ({err}); run: pip install 'alignkd[gguf]'") from err
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints llama.cpp's INFO lines otherwise
+    _quiet_mtmd(llama_cpp, mtmd_cpp)
     return gguf, llama_cpp, mtmd_cpp
+
+
+def _quiet_mtmd(llama_cpp, mtmd_cpp) -> None:
+    """Route mtmd/clip's log (a dozen lines per image on stderr) through llama-cpp-python's callback, which
+    honours the logger level; the binding has no wrapper for mtmd_log_set, so it is declared here."""
+    from llama_cpp import _logger
+
+    lib = getattr(mtmd_cpp, "_libmtmd", None)
+    if lib is None or not hasattr(lib, "mtmd_log_set"):
+        return
+    lib.mtmd_log_set.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
+    lib.mtmd_log_set.restype = None
+    lib.mtmd_log_set(_logger.llama_log_callback, None)
 
 
 def projector_type(path: Path) -> str | None:
