@@ -187,3 +187,14 @@ def test_bundle_with_tampered_model_file_is_refused(bundles, tmp_path):
         fh.write(b"\0" * 16)
     with pytest.raises(AlignKDError, match="model.gguf"):
         load_bundle(copy)
+
+
+def test_cli_export_defaults_to_f32_and_loads_as_gguf(bundles):
+    """`alignkd export CKPT --target gguf -o OUT` (no --quant): f32, token-exact, loaded by the gguf backend."""
+    from alignkd.runtime.bundle import load_bundle
+
+    bundle = bundles("gguf", "f32")
+    args, result = bundles.runs[("gguf", "f32")]
+    assert "--quant" not in args and result.exit_code == 0
+    assert result.stdout.startswith(f"wrote {bundle}\n") and "end to end: exact eager tokens True" in result.stdout
+    assert load_bundle(bundle).kind == "gguf"
