@@ -209,7 +209,7 @@ class LoadedModel:
     backend: Backend
     tokenizer: object  # alignkd.data.tokenizer.Tokenizer
     image_config: object  # alignkd.data.image.ImageConfig
-    kind: str  # "checkpoint", "executorch", "onnx" or "coreml"
+    kind: str  # "checkpoint", "executorch", "onnx", "coreml" or "gguf"
     path: str
     template: str = "v1"
     size_bytes: int = 0  # on disk
