@@ -38,19 +38,35 @@ TRAIN_STATE = "train_state.json"  # written last into a checkpoint: a folder wit
 SCHEDULER = "scheduler.json"
 
 
-def load_spec(spec, train: bool = True):
-    """(model, tokenizer) for a ModelSpec: a checkpoint folder, or a preset randomly initialised (seeded by the caller)."""
-    dtype = getattr(torch, spec.dtype)
+def load_spec(spec, train: bool = True, dtype: str | None = None, device=None):
+    """(model, tokenizer) for a ModelSpec: a checkpoint folder, or a preset randomly initialised (seeded by the caller).
+
+    The weights are made in `dtype` (default: the spec's) from the start, on `device` for a checkpoint: a bf16
+    teacher is never built in fp32 first."""
+    dtype = getattr(torch, dtype or spec.dtype)
     if spec.path is not None:
-        model, tok = load_checkpoint(spec.path, dtype=dtype)
+        model, tok = load_checkpoint(spec.path, dtype=dtype, device=device)
     else:
         tok = Tokenizer.from_folder(spec.tokenizer)
         config = get_preset(spec.preset)
         config.llm.vocab_size = tok.vocab_size
-        model = MobileVLM(config).to(dtype)
+        with _default_dtype(dtype):
+            model = MobileVLM(config)
+        model.to(device=device, dtype=dtype)  # no-op for the weights; buffers follow as before
     if spec.vision_tower_from:
         copy_vision_tower(model, Path(spec.vision_tower_from))
     return model.train(train), tok
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Random weights drawn directly in `dtype` (float32 keeps the usual path, and so its random numbers)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def copy_vision_tower(model, source: Path) -> None:

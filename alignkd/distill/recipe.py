@@ -138,7 +138,8 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
     student.vision_tower.requires_grad_(not cfg.freeze_vision_tower)
     teacher = None
     if cfg.distill:
-        teacher, t_tok = load_spec(cfg.teacher, train=False)
+        # read straight into teacher_dtype on the device: no full-precision copy of a 7B on the host
+        teacher, t_tok = load_spec(cfg.teacher, train=False, dtype=cfg.teacher_dtype, device=accelerator.device)
         check_pair(teacher, t_tok, student, tokenizer)
         teacher.requires_grad_(False).to(accelerator.device, getattr(torch, cfg.teacher_dtype))
     if cfg.gradient_checkpointing:

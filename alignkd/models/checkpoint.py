@@ -211,17 +211,26 @@ def _load_pickle(path: Path) -> dict:
                            "(unpickling them could run code); get the weights as model.safetensors or from a trusted source") from None
 
 
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under the official key names (pickles loaded with weights_only=True)."""
+def _read_file(path: Path, dtype: torch.dtype | None, device) -> dict[str, torch.Tensor]:
+    """One weights file, each tensor cast and placed as it is read: never a second full copy in another dtype."""
+    place = lambda t: t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    if path.suffix != ".safetensors":
+        return {k: place(v) for k, v in _load_pickle(path).items()}  # mmap: only the cast copy is resident
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device or "cpu")) as f:
+        return {k: place(f.get_tensor(k)) for k in f.keys()}
+
+
+def read_state_dict(folder: str | Path, dtype: torch.dtype | None = None, device=None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under the official key names (pickles loaded with weights_only=True).
+
+    With `dtype` (and `device`) every floating tensor is converted as it is read, so a bf16 7B read as bf16
+    never exists in fp32, and read onto a GPU never exists whole on the host."""
     state: dict[str, torch.Tensor] = {}
     for path in _weight_files(Path(folder)):
         try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state.update(load_file(str(path)))
-            else:
-                state.update(_load_pickle(path))
+            state.update(_read_file(path, dtype, device))
         except AlignKDError:
             raise
         except Exception as err:  # corrupt or truncated file: name it
@@ -255,31 +264,36 @@ def _materialise_buffers(model: MobileVLM) -> None:
 
 
 def build_model(config: MobileVLMConfig, state: dict[str, torch.Tensor] | None = None, source: Path | None = None,
-                dtype: torch.dtype = torch.float32) -> MobileVLM:
-    """Build on the meta device and assign the given official-format tensors (no double allocation)."""
+                dtype: torch.dtype = torch.float32, device=None) -> MobileVLM:
+    """Build on the meta device and assign the given official-format tensors (no double allocation).
+
+    Tensors already in `dtype` are assigned as they are; others are converted one at a time."""
     with torch.device("meta"):
         model = MobileVLM(config)
     if state is None:
         raise ValueError("build_model needs a state dict; use MobileVLM(config) for a randomly initialised model")
-    ours = {from_official_key(k): v for k, v in state.items() if not _SKIP.search(k)}
+    ours = {from_official_key(k): v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if not _SKIP.search(k)}
     _check_keys(model, ours, source or Path("<state dict>"))
     model.load_state_dict(ours, strict=False, assign=True)
     if config.llm.tie_word_embeddings:
         model.llm.tie_weights()
     _materialise_buffers(model)
-    model.to(dtype)
+    model.to(device=device, dtype=dtype)  # only the freshly computed buffers move or change: the weights already match
     model.vision_tower.requires_grad_(False)
     return model
 
 
-def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, vision_tower: str | Path | None = None):
-    """Load an official-format checkpoint folder: returns (model in eval mode, tokenizer)."""
+def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, vision_tower: str | Path | None = None,
+                    device=None):
+    """Load an official-format checkpoint folder: returns (model in eval mode, tokenizer).
+
+    The weights are read straight into `dtype` on `device` (default: the host), tensor by tensor."""
     folder = Path(folder)
     config = load_config(folder, vision_tower)
     tokenizer = Tokenizer.from_folder(folder)
     if tokenizer.vocab_size > config.llm.vocab_size:
         raise AlignKDError(f"{folder / 'tokenizer.model'} has {tokenizer.vocab_size} pieces but config.json has vocab_size {config.llm.vocab_size}; the tokenizer belongs to another model")
-    model = build_model(config, read_state_dict(folder), folder, dtype)
+    model = build_model(config, read_state_dict(folder, dtype, device), folder, dtype, device)
     return model.eval(), tokenizer
 
 
