@@ -149,6 +149,30 @@ def train(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_
     _train(config, overrides, resume, resume_from, need_teacher=False, strict=strict, overwrite=overwrite)
 
 
+@app.command("init-student")
+def init_student(
+    llm: Path = typer.Option(..., "--llm", help="Plain Hugging Face LLaMA / MobileLLaMA folder: config.json, weights (safetensors or bin, "
+                             "sharded too), tokenizer.model (e.g. mtgv/MobileLLaMA-1.4B-Chat)."),
+    vision_tower: str = typer.Option(..., "--vision-tower", help="CLIP folder (CLIPVisionModel or CLIPModel, e.g. a download of "
+                                     "openai/clip-vit-large-patch14-336), or random:clip-vit-large-patch14-336 / random:tiny-clip "
+                                     "for random weights of that shape (benchmarks and tests only)."),
+    projector: str = typer.Option("ldpv2", "--projector", help="ldpv2: MobileVLM V2's LDPv2, freshly initialised as the official code does."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint folder to create (official MobileVLM format)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the projector's initialisation."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the checkpoint in -o (a folder holding anything else is refused)."),
+) -> None:
+    """Build the paper's starting student: a MobileVLM checkpoint from a plain LLaMA, a CLIP tower and a fresh LDPv2."""
+    try:
+        from alignkd.models.init_student import init_student as build
+
+        summary = build(llm, vision_tower, out, projector=projector, seed=seed, overwrite=overwrite)
+    except AlignKDError as err:
+        _fail(err)
+    random = " (random weights: for benchmarks and tests, not for training)" if summary["random_vision_tower"] else ""
+    typer.echo(f"wrote {summary['out']}: {summary['llm']} + {summary['vision_tower']}{random} + fresh {summary['projector']} "
+               f"(seed {summary['seed']}), {summary['parameters'] / 1e6:,.1f}M parameters in {summary['dtype']}")
+
+
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 class _DefaultRunGroup(typer.core.TyperGroup):

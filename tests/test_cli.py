@@ -69,3 +69,14 @@ def test_pretrain_vision_names_a_missing_world_and_keeps_a_finished_tower(tmp_pa
     out = run("data", "pretrain-vision", "--world", str(tmp_path / "no-world"), "--out", str(tmp_path / "done"))
     assert out.returncode != 0 and "already holds a pre-trained tower" in out.stderr
     assert (tmp_path / "done" / "report.json").read_text() == "{}"  # nothing overwritten
+
+
+def test_init_student_builds_a_checkpoint_and_refuses_an_existing_output(fixture_dir, tmp_path, tiny_llama_folder, tiny_clip_folder):
+    llm, clip = tiny_llama_folder(tmp_path / "llama", fixture_dir / "checkpoint"), tiny_clip_folder(tmp_path / "clip")
+    out = run("init-student", "--llm", str(llm), "--vision-tower", str(clip), "--projector", "ldpv2", "-o", str(tmp_path / "student"), "--seed", "5")
+    assert out.returncode == 0, out.stderr
+    assert "fresh ldpnetv2 (seed 5)" in out.stdout
+    again = run("init-student", "--llm", str(llm), "--vision-tower", str(clip), "-o", str(tmp_path / "student"))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: -o") and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr

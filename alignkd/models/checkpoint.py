@@ -126,6 +126,17 @@ def _vision_config(folder: Path, raw: dict, vision_tower: Path | None) -> tuple[
     )
 
 
+def llama_config(raw: dict, path: Path) -> LlamaConfig:
+    """The LLaMA part of a config.json (MobileVLM's or a plain LLaMA's: the keys are the same)."""
+    llama_kwargs = {k: raw[k] for k in _LLAMA_KEYS if k in raw}
+    if llama_kwargs.get("rope_scaling") is None:
+        llama_kwargs.pop("rope_scaling", None)
+    try:
+        return LlamaConfig(**llama_kwargs)
+    except (TypeError, ValueError) as err:
+        raise AlignKDError(f"{path} has an invalid LLaMA configuration ({err})") from err
+
+
 def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> MobileVLMConfig:
     """Parse an official config.json (and the CLIP config) into a MobileVLMConfig, refusing what we cannot run."""
     folder = Path(folder)
@@ -152,13 +163,7 @@ def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> M
         raise AlignKDError(f"{folder / 'config.json'}: mm_use_im_start_end=true (image start/end tokens) is unsupported; MobileVLM V2 uses false")
     if raw.get("mm_vision_select_feature", "patch") not in ("patch", "cls_patch"):
         raise AlignKDError(f"{folder / 'config.json'}: mm_vision_select_feature {raw['mm_vision_select_feature']!r} is unsupported; use 'patch'")
-    llama_kwargs = {k: raw[k] for k in _LLAMA_KEYS if k in raw}
-    if llama_kwargs.get("rope_scaling") is None:
-        llama_kwargs.pop("rope_scaling", None)
-    try:
-        llm = LlamaConfig(**llama_kwargs)
-    except (TypeError, ValueError) as err:
-        raise AlignKDError(f"{folder / 'config.json'} has an invalid LLaMA configuration ({err})") from err
+    llm = llama_config(raw, folder / "config.json")
     vision, image = _vision_config(folder, raw, Path(vision_tower) if vision_tower else None)
     if raw.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
         raise AlignKDError(f"{folder / 'config.json'}: mm_hidden_size {raw['mm_hidden_size']} differs from the vision tower's hidden size {vision.hidden_size}")
