@@ -356,12 +356,18 @@ def save_adapters(module, path: Path) -> None:
         save_file(tensors, str(path))
 
 
+def check_adapters_from(path: str | None) -> None:
+    """Called before any model is loaded: a wrong path fails in a second, not after reading a 7B teacher."""
+    if path is not None and not Path(path).is_file():
+        raise AlignKDError(f"adapters_from {path} does not exist; point it at a previous run's adapters.safetensors "
+                           "(stage 2: runs/paper_stage1/adapters.safetensors), or set adapters_from=null for fresh adapters")
+
+
 def load_adapters(module, path: Path) -> None:
     """Continue from an earlier stage's adapters (shapes must match this teacher/student pair)."""
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise AlignKDError(f"adapters_from {path} does not exist; point it at a previous run's adapters.safetensors")
+    check_adapters_from(str(path))
     tensors = load_file(str(path))
     for name in ("head_adapter", "vision_adapter"):
         if not hasattr(module, name):

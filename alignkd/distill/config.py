@@ -167,6 +167,9 @@ class TrainConfig:
             raise AlignKDError(f"log_every must be >= 1 (optimizer steps between logged values); got {self.log_every}")
         if self.data.num_workers < 0:
             raise AlignKDError(f"data.num_workers must be >= 0; got {self.data.num_workers}")
+        if self.adapters_from is not None and self.teacher is None:
+            raise AlignKDError(f"adapters_from {self.adapters_from} needs a teacher: the KD adapters map the teacher's attention and "
+                               "features; set adapters_from=null for CE-only training")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
             raise AlignKDError(f"teacher_dtype {self.teacher_dtype!r} must be float32, bfloat16 or float16")
 

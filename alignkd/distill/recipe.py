@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from alignkd.config import to_dict
-from alignkd.distill.checkpoint import (CHECKPOINTS, check_pair, check_space_before_training, load_adapters,
-                                       load_run_checkpoint, load_spec, remove_incomplete, resolve_resume, save_final,
-                                       save_run_checkpoint)
+from alignkd.distill.checkpoint import (CHECKPOINTS, check_adapters_from, check_pair, check_space_before_training,
+                                       load_adapters, load_run_checkpoint, load_spec, remove_incomplete, resolve_resume,
+                                       save_final, save_run_checkpoint)
 from alignkd.distill.config import TrainConfig
 from alignkd.distill.objective import TERMS, AlignKDModule, run_teacher
 from alignkd.distill.rundir import History, check_flags, prepare_output_dir, truncate_history
@@ -127,6 +127,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
     out_dir = Path(cfg.output_dir)
     check_flags(resume, overwrite)
     resume_from = resolve_resume(resume, out_dir)
+    check_adapters_from(cfg.adapters_from)
     _fresh_accelerate_state()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision.value,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))

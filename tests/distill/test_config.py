@@ -69,3 +69,23 @@ def test_betas_checked_for_python_callers_too():
 
     with pytest.raises(AlignKDError, match=r"optim.betas must be two numbers .*; got \[0.9\]"):
         OptimConfig(betas=(0.9,))
+
+
+def test_paper_stages_chain_from_init_student_to_stage_two():
+    """Stage 1 starts from init-student's -o (the command in its header); stage 2 takes stage 1's student and adapters."""
+    import re
+
+    folder = Path(alignkd.__file__).parent / "configs"
+    stage1_text = (folder / "paper_7b_to_1_7b_stage1.yaml").read_text()
+    stage1 = load_config(TrainConfig, folder / "paper_7b_to_1_7b_stage1.yaml")
+    stage2 = load_config(TrainConfig, folder / "paper_7b_to_1_7b_stage2.yaml")
+    command = re.search(r"alignkd init-student --llm \S+ --vision-tower \S+ \\\n#\s+--projector ldpv2 --seed \d+ -o (\S+)", stage1_text)
+    assert command and stage1.student.path == command.group(1)
+    assert stage2.student.path == f"{stage1.output_dir}/student"
+    assert stage2.adapters_from == f"{stage1.output_dir}/adapters.safetensors"
+    assert stage1.teacher.path == stage2.teacher.path and stage1.teacher_dtype == stage2.teacher_dtype == "bfloat16"
+
+
+def test_adapters_from_needs_a_teacher():
+    with pytest.raises(AlignKDError, match="adapters_from a.safetensors needs a teacher.*set adapters_from=null"):
+        load_config(TrainConfig, None, ["student.path=x", "data.train=d.json", "adapters_from=a.safetensors"])

@@ -130,3 +130,22 @@ def test_skipped_records_counted_once_over_epochs_and_workers(world, teacher_ckp
     out = run(from_dict(TrainConfig, cfg), progress=False)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["skipped_records"] == {"missing_image": 1, "corrupt_image": 1}
+
+
+def test_stage_two_continues_stage_one_student_and_adapters(world, teacher_ckpt, tmp_path):
+    """adapters_from: stage 2 starts from stage 1's adapters (with lr 0 it ends with them unchanged), not fresh ones."""
+    from safetensors.torch import load_file
+
+    stage1 = run(from_dict(TrainConfig, synth_config(world, teacher_ckpt, tmp_path / "s1", max_steps=1)), progress=False)
+    stage2_cfg = lambda out, **kw: from_dict(TrainConfig, synth_config(  # noqa: E731
+        world, teacher_ckpt, out, max_steps=1, student={"path": str(stage1 / "student")}, optim={"lr": 0.0}, seed=5, **kw))
+    stage2 = run(stage2_cfg(tmp_path / "s2", adapters_from=str(stage1 / "adapters.safetensors")), progress=False)
+    fresh = run(stage2_cfg(tmp_path / "fresh"), progress=False)
+    first, second, new = (load_file(str(p / "adapters.safetensors")) for p in (stage1, stage2, fresh))
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    assert any(not torch.equal(first[k], new[k]) for k in first)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(stage1).values(), _weights(stage2).values()))
+    with pytest.raises(AlignKDError, match="adapters_from .*nowhere.safetensors does not exist"):
+        run(stage2_cfg(tmp_path / "typo", adapters_from=str(tmp_path / "nowhere.safetensors")), progress=False)
+    assert not (tmp_path / "typo").exists()  # refused before the run folder or any model
