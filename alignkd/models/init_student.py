@@ -45,19 +45,19 @@ def init_student(llm: str | Path, vision_tower: str, out: str | Path, projector:
     llm_config = llama_config(raw, llm / "config.json")
     # MobileVLM pads with <unk> (train.py); _check_tokenizer refused ids that disagree, this fills in missing ones
     llm_config.bos_token_id, llm_config.eos_token_id, llm_config.pad_token_id = tok.bos_id, tok.eos_id, tok.pad_id
-    dtype = state["model.embed_tokens.weight"].dtype
-    config = MobileVLMConfig(
-        llm=llm_config, vision=vision, image=image, vision_tower_name=vision_name, projector_type=PROJECTORS[projector],
-        context_length=int(raw.get("max_sequence_length", 2048)),
-        extra={"alignkd_init_student": {"llm": llm.name, "vision_tower": vision_name if vision_tower.startswith(RANDOM) else Path(vision_tower).name,
-                                        "random_vision_tower": vision_tower.startswith(RANDOM), "projector_seed": seed}},
-    )
+    random_tower = vision_tower.startswith(RANDOM)
+    sources = {"llm": llm.name, "vision_tower": vision_name if random_tower else Path(vision_tower).name,
+               "random_vision_tower": random_tower, "projector_seed": seed}
+    config = MobileVLMConfig(llm=llm_config, vision=vision, image=image, vision_tower_name=vision_name,
+                             projector_type=PROJECTORS[projector], context_length=int(raw.get("max_sequence_length", 2048)),
+                             extra={"alignkd_init_student": sources})
     state.update(vision_state)
     state.update(fresh_projector(config, seed))
     _check_shapes(config, state, llm, vision_tower)
+    dtype = state["model.embed_tokens.weight"].dtype  # the LLM's own: its weights are written unchanged
     model = build_model(config, state, llm, dtype)
     _write(model, tok, llm, out)
-    return {"out": str(out), "llm": llm.name, "vision_tower": vision_name, "random_vision_tower": vision_tower.startswith(RANDOM),
+    return {"out": str(out), "llm": llm.name, "vision_tower": vision_name, "random_vision_tower": random_tower,
             "projector": PROJECTORS[projector], "seed": seed, "dtype": str(dtype).replace("torch.", ""),
             "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size}
 
