@@ -137,9 +137,33 @@ OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace the earlier tra
 
 @app.command()
 def distill(config: Path = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG, resume: bool = RESUME_OPT,
-          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT, overwrite: bool = OVERWRITE_OPT) -> None:
+          resume_from: Optional[Path] = RESUME_FROM_OPT, strict: bool = STRICT_OPT, overwrite: bool = OVERWRITE_OPT,
+          plan: bool = typer.Option(False, "--plan", help="Print the per-GPU memory plan of every strategy (no weights loaded, nothing trained)."),
+          gpus: int = typer.Option(1, "--gpus", help="--plan: number of GPUs the run shards over."),
+          gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="--plan: memory of one GPU in GiB; says which strategies fit."),
+          strategy: Optional[str] = typer.Option(None, "--strategy", help="--plan: ddp, fsdp, fsdp_shard_teacher, zero2 or zero3; refused (exit 2) when it cannot fit --gpu-mem."),
+          teacher_preset: Optional[str] = typer.Option(None, "--teacher-preset", help="--plan: the teacher's shape from a preset (e.g. mobilevlm_v2_7b) when its checkpoint is not here."),
+          student_preset: Optional[str] = typer.Option(None, "--student-preset", help="--plan: the student's shape from a preset (e.g. mobilevlm_v2_1_7b) when its checkpoint is not here."),
+          as_json: bool = typer.Option(False, "--json", help="--plan: print the plan as one JSON object.")) -> None:
     """Align-KD: distil the config's teacher into its student (writes OUT/student in the official format)."""
+    if plan:
+        return _plan(config, overrides, gpus, gpu_mem, strategy, teacher_preset, student_preset, as_json)
     _train(config, overrides, resume, resume_from, need_teacher=True, strict=strict, overwrite=overwrite)
+
+
+def _plan(config, overrides, gpus, gpu_mem, strategy, teacher_preset, student_preset, as_json) -> None:
+    try:
+        from alignkd.config import load_config
+        from alignkd.distill.config import TrainConfig
+        from alignkd.distill.plan import check_strategy, format_plan, plan as make_plan
+
+        result = make_plan(load_config(TrainConfig, config, list(overrides or [])), gpus, gpu_mem, teacher_preset, student_preset)
+        text = json.dumps(result) if as_json else format_plan(result)
+        if strategy is not None:
+            check_strategy(result, strategy)
+    except AlignKDError as err:
+        _fail(err)
+    print(text)
 
 
 @app.command()

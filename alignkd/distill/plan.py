@@ -328,7 +328,8 @@ def format_plan(result: dict) -> str:
 
     key = _key(result)
     ckpt = "on" if key == "checkpointing" else "off"
-    table = Table(title=f"per-GPU memory, {result['gpus']} GPU(s), sequence {result['seq']} x batch {result['batch']} (GiB)")
+    table = Table(title=f"per-GPU memory in GiB, {result['gpus']} GPU(s), sequence {result['seq']} x batch {result['batch']}; "
+                        f"step rows with the config's gradient checkpointing ({ckpt})")
     table.add_column("")
     names = list(result["strategies"])
     for name in names:
@@ -337,7 +338,7 @@ def format_plan(result: dict) -> str:
     for k, label in ROWS:
         table.add_row(label, *[cell(result["strategies"][n][k]) for n in names])
     for k, label in STEP_ROWS:
-        table.add_row(f"{label} (ckpt {ckpt})", *[cell(result["strategies"][n][key][k]) for n in names])
+        table.add_row(label, *[cell(result["strategies"][n][key][k]) for n in names])
     table.add_row("reserve (CUDA context)", *[cell(result["reserve"]) for _ in names])
     for k, label in (("checkpointing", "total, checkpointing on"), ("no_checkpointing", "total, checkpointing off")):
         table.add_row(label, *[cell(result["strategies"][n][k]["total"]) for n in names])

@@ -94,3 +94,20 @@ def _paper():
     import alignkd
 
     return Path(alignkd.__file__).parent / "configs" / "paper_7b_to_1_7b_stage1.yaml"
+
+
+def test_cli_plan_prints_the_table_and_json_and_refuses_a_strategy_that_cannot_fit(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    presets = ["--teacher-preset", "mobilevlm_v2_7b", "--student-preset", "mobilevlm_v2_1_7b"]
+    run = lambda *args: CliRunner().invoke(app, ["distill", "-c", str(_paper()), "--plan", *presets, *args])  # noqa: E731
+    table = run("--gpus", "8", "--gpu-mem", "40")
+    assert table.exit_code == 0 and "zero2" in table.output and "fits 40 GiB" in table.output
+    as_json = json.loads(run("--gpus", "8", "--json").output)
+    assert set(as_json["strategies"]) == {"ddp", "fsdp", "fsdp_shard_teacher", "zero2", "zero3"}
+    refused = run("--gpus", "8", "--gpu-mem", "40", "--strategy", "ddp")
+    assert refused.exit_code == 2 and "GiB more than --gpu-mem 40" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "runs").exists()  # planning trains nothing and writes nothing
