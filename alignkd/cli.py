@@ -380,7 +380,8 @@ def eval_run(
                           progress=not as_json, blind=blind, shuffled=shuffled, overwrite=overwrite)
     except AlignKDError as err:
         _fail(err)
-    print(json.dumps(result) if as_json else format_table(result))
+    if result is not None:  # under `accelerate launch` only the main process merges, scores and prints
+        print(json.dumps(result) if as_json else format_table(result))
 
 
 @eval_app.command("compare")
@@ -404,7 +405,8 @@ def eval_compare(
                          overwrite=overwrite)
     except AlignKDError as err:
         _fail(err)
-    print(json.dumps(result) if as_json else format_compare(result))
+    if result is not None:
+        print(json.dumps(result) if as_json else format_compare(result))
 
 
 @app.command()

@@ -14,13 +14,21 @@ question is asked about another image of the same benchmark (the distinct images
 answered with the one half the list away), real pictures of the same kind, so a model that reads its image
 loses the accuracy that came from it and a model that does not keeps its score.
 
+Under `accelerate launch --num_processes N -m alignkd eval ...` the questions still to answer are dealt out
+round-robin: process r answers every N-th of them into its own shard `{bench}.part{r}of{N}.jsonl`; the main
+process then merges the shards into `{bench}.jsonl` in question order and scores it. Greedy decoding of one
+question does not depend on the others, so the answers equal a single process's. A killed sharded run resumes
+with any number of processes: the main process first merges whatever shards are there.
+
     alignkd eval MODEL --bench gqa --bench pope --data playground/data/eval --out answers --limit 50
-    python -m pytest tests/eval/test_run.py -q
+    accelerate launch --num_processes 8 -m alignkd eval MODEL --bench gqa --data playground/data/eval --out answers
+    python -m pytest tests/eval/test_run.py tests/eval/test_sharded.py -q
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -155,8 +163,68 @@ def _progress(enabled: bool):
 def _claim(model_path, out_dir: Path, overwrite: bool, **settings) -> None:
     """Check `out_dir` is writable and holds no answers of another model or settings, before the model load."""
     answer_files = [out_dir / f"{name}.jsonl" for name in COLUMNS]  # all of them: --overwrite leaves none of the old run
+    answer_files += sorted(p for name in COLUMNS for p in out_dir.glob(f"{name}.part*.jsonl"))  # a killed sharded run's
     check_writable(out_dir, answer_files)
     claim_folder(out_dir, generation_key(model_path, **settings), answer_files, overwrite=overwrite)
+
+
+def _processes():
+    """(this process's index, number of processes, barrier) under `accelerate launch`; (0, 1, no-op) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    import torch
+    from accelerate import PartialState
+
+    # without a GPU accelerate forms the process group (gloo) only when told it is on CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
+def _on_main(rank: int, n: int, fn) -> None:
+    """Run `fn` on the main process only; an AlignKDError there stops every process with the same sentence."""
+    error = None
+    if rank == 0:
+        try:
+            fn()
+        except AlignKDError as err:
+            error = str(err)
+    if n > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise AlignKDError(error)
+
+
+def _shard_path(out_dir: Path, name: str, rank: int, n: int) -> Path:
+    return out_dir / f"{name}.part{rank}of{n}.jsonl"
+
+
+def merge_shards(path: Path, questions: list[Question], model_id: str, reorder: bool = False) -> None:
+    """Fold every `{bench}.part*.jsonl` next to `path` into `path`, in question order, and delete the shards;
+    `reorder`: also put a resumed file (answers appended after a restart) back in question order.
+
+    Each file is checked as a resumed answer file is (model id, known questions; a torn last line is dropped);
+    an answer given twice (the same question in two files) is kept once."""
+    shards = sorted(path.parent.glob(f"{path.stem}.part*.jsonl"))
+    if not shards and not (reorder and path.exists()):
+        return
+    by_key: dict[tuple, list[dict]] = {}
+    records = []
+    for file in [path] + shards:
+        if file.exists():
+            _read_done(file, questions, model_id)
+            records += read_answers(file)
+    for record in records:
+        by_key.setdefault(_key(record), []).append(record)
+    ordered = [by_key[_key(q)].pop(0) for q in questions if by_key.get(_key(q))]
+    if not shards and ordered == records:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in ordered), encoding="utf-8")
+    os.replace(tmp, path)  # a kill here leaves the shards, and the next run merges them again
+    for file in shards:
+        file.unlink()
 
 
 def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | None = None, model_id: str | None = None,
@@ -173,41 +241,70 @@ def evaluate(model_path, benches: list[str], data_dir, out_dir, *, limit: int | 
     and settings (`alignkd.eval.provenance`); otherwise this refuses, or with `overwrite` deletes them first.
     """
     from alignkd.data.image import ImageProcessor
-    from alignkd.runtime.loader import load_model
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if blind and shuffled:
         raise AlignKDError("blind and shuffled are two separate controls; run them one at a time, each into its own --out.")
     model_id = (model_id or Path(model_path).resolve().name) + ("+blind" if blind else "+shuffled" if shuffled else "")
+    rank, n, barrier = _processes()
     plan = _prepare(benches, data_dir, limit)
-    _claim(model_path, out_dir, overwrite, dtype=dtype, max_new_tokens=max_new_tokens, blind=blind, shuffled=shuffled)
+
+    def claim_and_merge():
+        _claim(model_path, out_dir, overwrite, dtype=dtype, max_new_tokens=max_new_tokens, blind=blind, shuffled=shuffled)
+        for name, (bm, every, questions) in plan.items():  # check existing answer files before paying for the load
+            merge_shards(out_dir / f"{name}.jsonl", every, model_id)
+            _read_done(out_dir / f"{name}.jsonl", every, model_id)
+
+    _on_main(rank, n, claim_and_merge)
     todo = {}
-    for name, (bm, every, questions) in plan.items():  # check existing answer files before paying for the load
+    for name, (bm, every, questions) in plan.items():  # the merged file is final here: every process reads the same
         todo[name] = _todo(questions, _read_done(out_dir / f"{name}.jsonl", every, model_id))
+    mine = {name: left[rank::n] for name, left in todo.items()}
     t0 = time.perf_counter()
-    loaded = load_model(model_path, dtype=dtype) if any(todo.values()) else None
+    loaded = _load(model_path, dtype, n) if any(mine.values()) else None
     load_s = time.perf_counter() - t0
     processor = ImageProcessor(loaded.image_config) if loaded else None
-    results = {}
-    with _progress(progress) as bar:
+    seconds = {}
+    with _progress(progress and rank == 0) as bar:
         for name, (bm, every, questions) in plan.items():
-            path, t1 = out_dir / f"{name}.jsonl", time.perf_counter()
+            path, t1 = out_dir / f"{name}.jsonl" if n == 1 else _shard_path(out_dir, name, rank, n), time.perf_counter()
             task = bar.add_task(COLUMNS[name], total=len(questions), completed=len(questions) - len(todo[name]))
             donors = shuffled_images(every, name) if shuffled else None
             with open(path, "a", encoding="utf-8") as f:
-                for q in todo[name]:
+                for q in mine[name]:
                     text = _answer(loaded, processor, q, max_new_tokens, blind, donors)
                     f.write(json.dumps(answer_record(q, text, model_id)) + "\n")
                     f.flush()  # one line per answer on disk: a kill loses at most the answer being generated
-                    bar.advance(task)
-            score = bm.score_file(data_dir, path, allow_missing=len(questions) < len(every))
-            results[name] = {"answers_file": str(path), "generated": len(todo[name]),
-                             "reused": len(questions) - len(todo[name]), "seconds": time.perf_counter() - t1,
-                             "headline": bm.headline, "value": float(score[bm.headline]),
-                             "partial": bool(score["partial"]), "score": score}
+                    bar.advance(task, n)
+            seconds[name] = time.perf_counter() - t1
+    barrier()
+    if rank != 0:
+        return None  # the main process merges and scores
+    results = {}
+    for name, (bm, every, questions) in plan.items():
+        path = out_dir / f"{name}.jsonl"
+        merge_shards(path, every, model_id, reorder=True)
+        score = bm.score_file(data_dir, path, allow_missing=len(questions) < len(every))
+        results[name] = {"answers_file": str(path), "generated": len(todo[name]),
+                         "reused": len(questions) - len(todo[name]), "seconds": seconds[name],
+                         "headline": bm.headline, "value": float(score[bm.headline]),
+                         "partial": bool(score["partial"]), "score": score}
     return {"model": str(model_path), "model_id": model_id, "kind": loaded.kind if loaded else None,
             "data_dir": str(data_dir), "out_dir": str(out_dir), "limit": limit, "max_new_tokens": max_new_tokens,
-            "blind": blind, "shuffled": shuffled, "load_s": load_s if loaded else None, "benchmarks": results, **paper_row(results)}
+            "blind": blind, "shuffled": shuffled, "processes": n, "load_s": load_s if loaded else None,
+            "benchmarks": results, **paper_row(results)}
+
+
+def _load(model_path, dtype: str, n: int):
+    """The model, on this process's GPU when a sharded run has GPUs (each process answers on its own)."""
+    from alignkd.runtime.loader import load_model
+
+    loaded = load_model(model_path, dtype=dtype)
+    if n > 1 and loaded.kind == "checkpoint":
+        from accelerate import PartialState
+
+        loaded.backend.model.to(PartialState().device)
+    return loaded
 
 
 def paper_row(results: dict) -> dict:
@@ -280,11 +377,18 @@ def compare(bundle, reference_checkpoint, benches: list[str], data_dir, out_dir,
     """
     out_dir = Path(out_dir)
     _prepare(benches, Path(data_dir), limit)
-    for model, sub, kind_dtype in ((reference_checkpoint, "reference", dtype), (bundle, "bundle", "float32")):
-        _claim(model, out_dir / sub, overwrite, dtype=kind_dtype, max_new_tokens=max_new_tokens, blind=False, shuffled=False)
+    rank, n, _ = _processes()
+
+    def claim_both():
+        for model, sub, kind_dtype in ((reference_checkpoint, "reference", dtype), (bundle, "bundle", "float32")):
+            _claim(model, out_dir / sub, overwrite, dtype=kind_dtype, max_new_tokens=max_new_tokens, blind=False, shuffled=False)
+
+    _on_main(rank, n, claim_both)
     kw = dict(limit=limit, max_new_tokens=max_new_tokens, progress=progress)
     ref = evaluate(reference_checkpoint, benches, data_dir, out_dir / "reference", dtype=dtype, **kw)
     exp = evaluate(bundle, benches, data_dir, out_dir / "bundle", **kw)
+    if ref is None:  # a sharded run's other processes: the main one compares
+        return None
     rows = {}
     for name in ref["benchmarks"]:
         r, b = ref["benchmarks"][name], exp["benchmarks"][name]

@@ -180,7 +180,7 @@ class EagerBackend:
 
     @torch.inference_mode()
     def encode_image(self, pixel_values):
-        return self.model.encode_images(pixel_values.to(self.model.dtype))
+        return self.model.encode_images(pixel_values.to(self.model.device, self.model.dtype))
 
     @torch.inference_mode()
     def embed_tokens(self, ids):
