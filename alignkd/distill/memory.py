@@ -74,7 +74,14 @@ def build_step(student_cfg, teacher_cfg, loss, *, teacher_dtype=torch.float32, c
     torch.manual_seed(seed)
     with torch.device(device):
         student = MobileVLM(student_cfg)
-        teacher = MobileVLM(teacher_cfg).to(teacher_dtype).requires_grad_(False).eval() if teacher_cfg else None
+        teacher = None
+        if teacher_cfg is not None:  # built in its dtype: a 7B never exists in fp32
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(teacher_dtype)
+            try:
+                teacher = MobileVLM(teacher_cfg).requires_grad_(False).eval()
+            finally:
+                torch.set_default_dtype(default)
         if checkpointing:
             student.llm.activation_checkpointing_enable()
         module = AlignKDModule(student.train(), loss, teacher.config.num_heads if teacher else None,

@@ -140,7 +140,7 @@ KD_FORWARD = 25
 
 
 def step_phases(student: Shapes, teacher: Shapes | None, batch: int, seq: int, act: int, resid: int, t_bytes: int,
-                checkpointing: bool, autocast_weights: int = 0) -> dict:
+                checkpointing: bool, autocast_weights: int = 0, kd: bool = True, capture: bool = True) -> dict:
     """Bytes alive at the moments one training step peaks (weights, gradients and optimizer state apart); `peak` is
     the largest. The student's logits are not among the saved tensors: only the losses' fp32 softmaxes are.
 
@@ -153,11 +153,12 @@ def step_phases(student: Shapes, teacher: Shapes | None, batch: int, seq: int, a
     parts = {"activations": activation_bytes(student, batch, seq, act, resid, checkpointing) + autocast_weights,
              "logits": CE_SAVED * tv, "capture": 0, "teacher_outputs": 0}
     phases = {}
-    if teacher is not None:
-        hrl_s, hrl_t = batch * student.heads * text * seq, batch * teacher.heads * text * seq
+    if teacher is not None:  # `kd` / `capture` False: that term is switched off (its weight 0) and never built
+        hrl_s, hrl_t = (batch * m.heads * text * seq * capture for m in (student, teacher))
+        nv *= kd
         parts["logits"] += KD_SAVED * nv
         parts["capture"] = CAPTURE_SAVED * hrl_s
-        parts["teacher_outputs"] = (t_bytes * tv + 4 * batch * teacher.heads * text * student.image_tokens
+        parts["teacher_outputs"] = (t_bytes * tv + 4 * batch * teacher.heads * text * student.image_tokens * capture
                                     + batch * teacher.image_tokens * teacher.hidden * t_bytes)
         phases["teacher_forward"] = t_bytes * tv + CAPTURE_TEACHER * hrl_t + 2 * batch * seq * teacher.hidden * t_bytes
     saved = sum(parts.values())
@@ -264,8 +265,9 @@ def plan(cfg, gpus: int = 1, gpu_mem_gb: float | None = None, teacher_preset: st
         # foreach AdamW takes the square root of every second moment at once: one fp32 copy of (its shard of) them
         opt_step = 4 * p.trainable / (1 if name == "ddp" else gpus)
         for ckpt in (True, False):
+            w = cfg.loss.weights
             step = step_phases(p.student, p.teacher, p.batch, p.seq, act, static["resid"], p.teacher_bytes, ckpt,
-                               static["autocast"])
+                               static["autocast"], kd=w.kd > 0, capture=w.attn > 0 or w.vision_focus > 0)
             step["phases"]["optimizer_step"] = opt_step
             step["backward_extra"] += max(0, opt_step - step["peak"])
             step["peak"] = max(step["peak"], opt_step)
