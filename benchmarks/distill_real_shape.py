@@ -4,7 +4,7 @@
 2048 embedded tokens, batch 1: CE only, logit KD and Align-KD, with and without gradient checkpointing, DDP on
 one GPU and FSDP (FSDP2 `fully_shard`, one process, bf16 parameters). Each row also carries what
 `alignkd distill --plan` predicts for it (`planned_gib`, the CUDA-context reserve left out), so a GPU run
-validates the plan. Prints one JSON object. Needs a CUDA GPU with about 60 GB free (DDP, Align-KD, no
+validates the plan. Prints one JSON object. Needs a CUDA GPU with about 55 GB free (DDP, Align-KD, no
 checkpointing); `--tiny` runs the same code on CPU with the synthetic presets, to check the script end to end.
 
     python benchmarks/distill_real_shape.py                   # on a GPU, ~5 minutes
