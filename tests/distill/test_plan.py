@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from alignkd.config import from_dict, load_config
 from alignkd.distill.config import TrainConfig
