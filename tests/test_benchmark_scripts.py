@@ -1,7 +1,10 @@
 """The benchmark scripts still run (a few steps): they are what docs/ quote, so they must not rot."""
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +67,54 @@ def test_real_shape_distill_benchmark_refuses_in_one_line_without_a_gpu(capsys):
         _load("distill_real_shape").main([])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.count("\n") == 0 and "needs a CUDA GPU" in err and "--tiny" in err
+
+
+def test_runtimes_benchmark_reports_every_row_and_ratios_from_the_rows(tmp_path, monkeypatch, capsys):
+    """One round on the tiny fixture: eager is measured; the native runner (not built here) and llama.cpp (no
+    bundle, no --export-missing) are explicit unavailable rows, and so is each ratio that needs them."""
+    monkeypatch.setenv("ALIGNKD_RUNNER", str(tmp_path / "no-runner"))
+    out = tmp_path / "rt.json"
+    result = _load("runtimes").main(["--only", "eager:fp32", "executorch-native:fp32", "llama.cpp:f16", "--rounds", "1",
+                                     "--runs", "1", "--warmup", "0", "--max-new-tokens", "4", "--workdir", str(tmp_path),
+                                     "--bandwidth-mb", "32", "--bandwidth-repeats", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))  # the file holds every figure printed
+    rows = {r["row"]: r for r in result["rows"]}
+    eager = rows["eager:fp32"]
+    assert eager["status"] == "ok" and len(eager["per_round"]) == 1 and eager["decode_tokens"] == 3
+    assert all(eager[k] > 0 for k in ("load_s", "vision_encode_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "size_mb"))
+    roof = eager["roofline"]
+    assert roof["bytes_per_token"] == roof["weight_bytes"] + roof["kv_bytes"] > 0
+    assert roof["roofline_tok_s"] == pytest.approx(result["bandwidth"]["median_gb_s"] * 1e9 / roof["bytes_per_token"])
+    assert roof["decode_pct_of_roofline"] == pytest.approx(100 * eager["decode_tok_s"] / roof["roofline_tok_s"])
+    assert len(result["bandwidth"]["samples_gb_s"]) == 4  # before and after the rounds
+    assert rows["executorch-native:fp32"]["status"] == "unavailable" and "ALIGNKD_RUNNER" in rows["executorch-native:fp32"]["reason"]
+    assert rows["llama.cpp:f16"]["status"] == "unavailable" and "gguf_f16" in rows["llama.cpp:f16"]["reason"]
+    assert {(p["row"], p["against"], p["status"]) for p in result["ratios"]} == {
+        ("eager:fp32", "llama.cpp:f16", "unavailable"), ("executorch-native:fp32", "llama.cpp:f16", "unavailable")}
+    printed = capsys.readouterr().out
+    assert "llama.cpp:f16 unavailable: no bundle gguf_f16/" in printed and "eager:fp32" in printed
+
+
+def test_runtimes_ratios_are_quotients_of_the_rows_at_matched_bits():
+    bench = _load("runtimes")
+
+    def row(name, decode, prefill, vision, rss, size, status="ok"):
+        runtime, scheme = name.split(":")
+        figures = {"load_s": 1.0, "vision_encode_s": vision, "prefill_tok_s": prefill, "decode_tok_s": decode,
+                   "peak_rss_mb": rss, "size_mb": size}
+        return {"row": name, "runtime": runtime, "scheme": scheme, "status": status, **figures,
+                "per_round": [figures, {**figures, "decode_tok_s": decode * 2}]}
+
+    rows = [row("executorch:8da4w", 12.0, 180.0, 3.0, 2000.0, 1900.0), row("onnx:int8", 6.0, 50.0, 2.0, 900.0, 1500.0),
+            row("llama.cpp:q4_k_s", 15.0, 90.0, 2.0, 1000.0, 800.0), row("llama.cpp:q4_0", 10.0, 60.0, 1.0, 500.0, 750.0),
+            {"row": "llama.cpp:q8_0", "runtime": "llama.cpp", "scheme": "q8_0", "status": "unavailable", "reason": "x"}]
+    pairs = {(p["row"], p["against"]): p for p in bench.ratios(rows)}
+    assert set(pairs) == {("executorch:8da4w", "llama.cpp:q4_k_s"), ("executorch:8da4w", "llama.cpp:q4_0"),
+                          ("onnx:int8", "llama.cpp:q8_0")}
+    k_s = pairs[("executorch:8da4w", "llama.cpp:q4_k_s")]
+    assert k_s["decode_speedup"] == pytest.approx(12 / 15) and k_s["prefill_speedup"] == pytest.approx(2.0)
+    assert k_s["vision_encode_speedup"] == pytest.approx(2 / 3) and k_s["peak_rss_ratio"] == pytest.approx(2.0)
+    assert k_s["size_ratio"] == pytest.approx(1900 / 800) and k_s["decode_speedup_by_round"] == pytest.approx([0.8, 0.8])
+    assert pairs[("executorch:8da4w", "llama.cpp:q4_0")]["decode_speedup"] == pytest.approx(1.2)
+    assert pairs[("onnx:int8", "llama.cpp:q8_0")] == {"row": "onnx:int8", "against": "llama.cpp:q8_0", "status": "unavailable",
+                                                       "reason": "llama.cpp:q8_0 not measured in this run"}
