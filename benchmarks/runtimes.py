@@ -358,8 +358,10 @@ def ratios(rows: list[dict]) -> list[dict]:
             ref = by_name.get(f"llama.cpp:{ref_scheme}")
             pair = {"row": row["row"], "against": f"llama.cpp:{ref_scheme}"}
             missing = [r["row"] for r in (row, ref) if r is not None and r["status"] != "ok"]
-            if ref is None or missing:
-                pair.update(status="unavailable", reason=f"{', '.join(missing) or pair['against']} not measured in this run")
+            if ref is None:
+                pair.update(status="unavailable", reason=f"{pair['against']} is not among this run's rows (--only)")
+            elif missing:
+                pair.update(status="unavailable", reason=f"{', '.join(missing)} not measured in this run")
             else:
                 pair.update(status="ok", **_pair(row, ref))
             out.append(pair)
