@@ -221,6 +221,7 @@ def _encode_image(llm, proj: Path, threads: int) -> float:
 
 
 def llama_round(lm: Path, proj: Path | None, threads: int, positions: int, new_tokens: int) -> dict:
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
@@ -241,8 +242,10 @@ def llama_round(lm: Path, proj: Path | None, threads: int, positions: int, new_t
     llm.eval(tokens)
     run["prefill_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    n_vocab = llm.n_vocab()
     for _ in range(new_tokens - 1):  # as generate(): the first new token comes from prefill's logits
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(n_vocab,))  # Llama.eval keeps none
+        llm.eval([int(np.argmax(logits))])
     run["decode_s"] = time.perf_counter() - t0
     run.update(prefill_tokens=positions, decode_tokens=new_tokens - 1, prefill_tok_s=positions / run["prefill_s"],
                decode_tok_s=(new_tokens - 1) / run["decode_s"], peak_rss_mb=_peak_rss_mb())
