@@ -198,14 +198,13 @@ def _encode_image(llm, proj: Path, threads: int) -> float:
     ctx = mtmd_cpp.mtmd_init_from_file(str(proj).encode(), llm.model, params)
     if ctx is None:
         raise RuntimeError(f"mtmd could not load {proj.name}")
+    rgb = np.asarray(synthetic_image().convert("RGB"), dtype=np.uint8)
+    bitmap = mtmd_cpp.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0], (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes()))
+    chunks = mtmd_cpp.mtmd_input_chunks_init()
     try:
-        rgb = np.asarray(synthetic_image().convert("RGB"), dtype=np.uint8)
-        data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes())
-        bitmap = mtmd_cpp.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0], data)
         text = mtmd_cpp.mtmd_input_text()
         marker = mtmd_cpp.mtmd_default_marker()
         text.text, text.text_len, text.add_special, text.parse_special = marker, len(marker), False, True
-        chunks = mtmd_cpp.mtmd_input_chunks_init()
         if mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap), 1):
             raise RuntimeError("mtmd_tokenize failed")
         for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
@@ -217,6 +216,8 @@ def _encode_image(llm, proj: Path, threads: int) -> float:
                 return time.perf_counter() - t0
         raise RuntimeError("mtmd made no image chunk")
     finally:
+        mtmd_cpp.mtmd_input_chunks_free(chunks)
+        mtmd_cpp.mtmd_bitmap_free(bitmap)
         mtmd_cpp.mtmd_free(ctx)
 
 
