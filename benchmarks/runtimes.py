@@ -426,9 +426,9 @@ def format_tables(result: dict) -> str:
     buf = io.StringIO()
     console = Console(file=buf, width=160, force_terminal=False, color_system=None)
     console.print(table)
-    console.print("\n".join(notes))
+    console.print("\n".join(notes), markup=False, highlight=False, soft_wrap=True)
     console.print(pairs)
-    console.print("\n".join(pair_notes))
+    console.print("\n".join(pair_notes), markup=False, highlight=False, soft_wrap=True)
     return buf.getvalue()
 
 
