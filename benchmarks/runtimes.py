@@ -60,11 +60,12 @@ class Unavailable(Exception):
 # ---------------------------------------------------------------- bundles and exports
 
 def parse_rows(names) -> list[dict]:
+    """Row dicts for RUNTIME:SCHEME names; ValueError naming the first that is not one of DEFAULT_ROWS."""
     rows = []
     for name in names:
+        if name not in DEFAULT_ROWS:
+            raise ValueError(f"row {name!r} is not one of: {' '.join(DEFAULT_ROWS)}")
         runtime, _, scheme = name.partition(":")
-        if runtime not in TARGET or not scheme:
-            raise SystemExit(f"error: row {name!r} is not RUNTIME:SCHEME with RUNTIME one of {', '.join(TARGET)}")
         rows.append({"row": name, "runtime": runtime, "scheme": scheme, "status": "ok", "per_round": []})
     return rows
 
@@ -462,7 +463,16 @@ def parse_args(argv):
     ap.add_argument("--json", type=Path, default=None, help="JSON output (default: WORKDIR/runtimes.json)")
     ap.add_argument("--child-llama", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--positions", type=int, default=188, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:  # bad input is one line and exit 2 before anything is measured or exported
+        args.rows = parse_rows(args.only or DEFAULT_ROWS)
+    except ValueError as err:
+        ap.error(f"{err}; pick rows from that list with --only")
+    if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
+        ap.error(f"--checkpoint {args.checkpoint} has no config.json; pass the MobileVLM checkpoint folder the bundles were exported from")
+    if min(args.rounds, args.runs, args.threads) < 1 or args.warmup < 0 or args.max_new_tokens < 2:
+        ap.error("need --rounds, --runs, --threads >= 1, --warmup >= 0 and --max-new-tokens >= 2")
+    return args
 
 
 def run_rounds(rows: list[dict], args) -> None:
@@ -490,7 +500,7 @@ def main(argv=None) -> dict | None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     checkpoint, model_name = resolve_checkpoint(args)
-    rows = parse_rows(args.only or DEFAULT_ROWS)
+    rows = args.rows
     exported: dict = {}
     for row in rows:
         try:

@@ -118,3 +118,13 @@ def test_runtimes_ratios_are_quotients_of_the_rows_at_matched_bits():
     assert pairs[("executorch:8da4w", "llama.cpp:q4_0")]["decode_speedup"] == pytest.approx(1.2)
     assert pairs[("onnx:int8", "llama.cpp:q8_0")] == {"row": "onnx:int8", "against": "llama.cpp:q8_0", "status": "unavailable",
                                                        "reason": "llama.cpp:q8_0 not measured in this run"}
+
+
+@pytest.mark.parametrize("argv, says", [(["--only", "onnx:8da4w"], "row 'onnx:8da4w' is not one of"),
+                                        (["--checkpoint", "nowhere"], "--checkpoint nowhere has no config.json"),
+                                        (["--rounds", "0"], "need --rounds")])
+def test_runtimes_benchmark_refuses_bad_input_in_one_line_before_measuring(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load("runtimes").main(argv + ["--workdir", str(tmp_path / "w")])
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # nothing exported, nothing written
