@@ -1,11 +1,13 @@
-"""Layer-0 attention capture without paying for it: one hook, only the rows and columns the loss needs.
+"""Layer-0 attention capture without paying for it: hooks inside the layer, only the rows and columns the loss needs.
 
 The released Align-KD code asks both models for `output_attentions=True`, which forces eager attention in
 every layer and materialises every layer's L x L map (about 10 GB for the 7B teacher at 2k tokens), then
-keeps layer 0. Here a forward pre-hook on one decoder layer's attention records its input (the hidden
-states after `input_layernorm`, and the RoPE cos/sin); afterwards the probabilities of just the selected
-query rows over all keys are recomputed from that layer's own q/k projections, with the causal and
-padding masks, and sliced to the selected key columns. Every layer, layer 0 included, keeps running SDPA.
+keeps layer 0. Here hooks on one decoder layer record, during the model's own forward, the outputs of its
+`q_proj` and `k_proj` and the RoPE cos/sin handed to its attention; afterwards the probabilities of just the
+selected query rows over all keys are computed from those tensors (rotary applied as the layer applies it),
+with the causal and padding masks, and sliced to the selected key columns. Nothing calls the projections
+again after the forward, so the capture works when their weights are sharded and only gathered inside the
+layer's forward (FSDP, DeepSpeed ZeRO-3). Every layer, layer 0 included, keeps running SDPA.
 `tests/distill/test_attention.py` checks the block equals the eager layer-0 attention;
 `benchmarks/distill_step.py` measures the memory against `output_attentions=True`.
 
@@ -23,29 +25,38 @@ PAD = -1  # padding value in position index tensors
 
 
 class Layer0Capture:
-    """Records one decoder layer's attention input during the forward inside the `with` block."""
+    """Records one decoder layer's query/key projections and RoPE tables during the forward inside the `with` block."""
 
     def __init__(self, llm, layer: int = 0):
         self.attn = llm.model.layers[layer].self_attn
-        self.hidden = None
+        self.q = self.k = None  # [B, L, H*d], [B, L, Hkv*d]: the projections' outputs, before rotary
         self.cos = self.sin = None
-        self._handle = None
+        self._handles = []
 
-    def _hook(self, module, args, kwargs):
-        # Gradient checkpointing re-runs the layer during backward; keep the first (forward) capture.
-        if self.hidden is not None:
-            return
-        self.hidden = args[0] if args else kwargs["hidden_states"]
-        pos_emb = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
-        self.cos, self.sin = pos_emb
+    # Gradient checkpointing re-runs the layer during backward; each hook keeps the first (forward) capture.
+    def _rope_hook(self, module, args, kwargs):
+        if self.cos is None:
+            self.cos, self.sin = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+
+    def _q_hook(self, module, args, output):
+        if self.q is None:
+            self.q = output
+
+    def _k_hook(self, module, args, output):
+        if self.k is None:
+            self.k = output
 
     def __enter__(self) -> "Layer0Capture":
-        self.hidden = None
-        self._handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.q = self.k = self.cos = self.sin = None
+        self._handles = [self.attn.register_forward_pre_hook(self._rope_hook, with_kwargs=True),
+                         self.attn.q_proj.register_forward_hook(self._q_hook),
+                         self.attn.k_proj.register_forward_hook(self._k_hook)]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def probs(self, rows: torch.Tensor, cols: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
         """Softmax attention probabilities [B, H, R, C] of query positions `rows` [B, R] on key positions
@@ -53,22 +64,22 @@ class Layer0Capture:
         attention mask (False = padding key). The softmax runs over all keys allowed by the causal and
         padding masks, in fp32 like transformers' eager attention, so the block equals a slice of the full map.
         """
-        if self.hidden is None:
+        if self.q is None or self.k is None or self.cos is None:
             raise RuntimeError("Layer0Capture.probs called before a forward pass inside the `with` block")
-        attn, h = self.attn, self.hidden
-        b, length, _ = h.shape
+        attn = self.attn
+        b, length, _ = self.k.shape
         n_rows = rows.shape[1]
         row_idx = rows.clamp(min=0)
         gather = lambda t, idx: t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
-        q = attn.q_proj(gather(h, row_idx)).view(b, n_rows, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(b, length, -1, attn.head_dim).transpose(1, 2)
+        q = gather(self.q, row_idx).view(b, n_rows, -1, attn.head_dim).transpose(1, 2)
+        k = self.k.view(b, length, -1, attn.head_dim).transpose(1, 2)
         # position ids are shared across the batch here, so cos/sin may come with batch 1
         cos, sin = self.cos.expand(b, -1, -1), self.sin.expand(b, -1, -1)
         q, _ = apply_rotary_pos_emb(q, q, gather(cos, row_idx), gather(sin, row_idx))
         _, k = apply_rotary_pos_emb(k, k, cos, sin)
         k = repeat_kv(k, attn.num_key_value_groups)
         scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling  # [B, H, R, L]
-        key_pos = torch.arange(length, device=h.device)
+        key_pos = torch.arange(length, device=k.device)
         allowed = (key_pos[None, None, :] <= row_idx[:, :, None]) & key_valid.bool()[:, None, :]  # [B, R, L]
         scores = scores.float().masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
         p = torch.softmax(scores, dim=-1).to(q.dtype)

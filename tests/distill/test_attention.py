@@ -75,3 +75,38 @@ def test_student_gradient_flows_through_capture(official, batch):
     assert q is not None and q.abs().sum() > 0
     assert student.mm_projector.mlp[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in student.vision_tower.parameters())
+
+
+def test_capture_comes_from_the_forward_hooks_only(official, batch):
+    """The block is made from what q_proj/k_proj produced inside the layer's forward: the projections run once
+    (no second call after the forward, which sharded weights would not survive), and the block is the same when
+    their weights are gone afterwards, as FSDP and ZeRO-3 free them once the layer has run."""
+    model, _ = official
+    ids, images, mask = batch
+    attn = copy.deepcopy(model).llm.model.layers[0].self_attn
+    calls = {"q_proj": 0, "k_proj": 0}
+    count = lambda name: (lambda *_: calls.__setitem__(name, calls[name] + 1))
+    handles = [getattr(model.llm.model.layers[0].self_attn, n).register_forward_hook(count(n)) for n in calls]
+    try:
+        with torch.no_grad():
+            with Layer0Capture(model.llm) as cap:
+                out = model(ids, images, mask)
+            assert calls == {"q_proj": 1, "k_proj": 1}
+            assert cap.q is not None and cap.k is not None and cap.cos is not None
+            rows, cols, _, _ = block_positions(out.spliced.image_positions, out.spliced.attention_mask, "text_vision")
+            want = cap.probs(rows, cols, out.spliced.attention_mask)
+            assert calls == {"q_proj": 1, "k_proj": 1}  # probs() did not project again
+            cap.attn = attn
+            for proj in (attn.q_proj, attn.k_proj):  # what a sharded module looks like between forwards
+                proj.weight = torch.nn.Parameter(torch.empty(0))
+            got = cap.probs(rows, cols, out.spliced.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert want[:2].abs().sum() > 0
+    # the hooks are gone after the `with` block: a later forward records nothing
+    cap.q = None
+    with torch.no_grad():
+        model(ids, images, mask)
+    assert cap.q is None
