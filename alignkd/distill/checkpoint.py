@@ -240,11 +240,12 @@ def save_run_checkpoint(accelerator, module, optimizer, scheduler, tokenizer, ou
     check_space(accelerator, final.parent, checkpoint_bytes(accelerator.unwrap_model(module), optimizer), final, output_dir)
     with saving(accelerator, tmp, final, output_dir):
         accelerator.save_state(str(tmp / "state"))
+        state = full_state(accelerator, module)
         _replace_pickled_rng(tmp / "state", accelerator.process_index)
         accelerator.wait_for_everyone()  # every process's files are in tmp before it is renamed
         if accelerator.is_main_process:
             (tmp / SCHEDULER).write_text(json.dumps(scheduler.state_dict()) + "\n")
-            save_checkpoint(accelerator.unwrap_model(module).student, tokenizer, tmp / "student")
+            save_checkpoint(accelerator.unwrap_model(module).student, tokenizer, tmp / "student", state=_part(state, "student."))
             (tmp / TRAIN_STATE).write_text(json.dumps(state, indent=2) + "\n")  # last: it marks the folder complete
             if final.exists():
                 shutil.rmtree(final)
@@ -346,12 +347,23 @@ def load_run_checkpoint(accelerator, path: Path, scheduler) -> dict:
     return json.loads((path / TRAIN_STATE).read_text())
 
 
-def save_adapters(module, path: Path) -> None:
-    """The KD adapters as safetensors (the paper's P_attn and P_V), next to the final student."""
+def full_state(accelerator, module) -> dict:
+    """The trained module's whole state dict, for the main process to write. Under FSDP (and ZeRO-3) the shards
+    are gathered, so every process must call this; under DDP or one process it is the module's own state."""
+    return accelerator.get_state_dict(module)
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_adapters(module, path: Path, state: dict | None = None) -> None:
+    """The KD adapters as safetensors (the paper's P_attn and P_V), next to the final student.
+    `state`: the module's full state dict (see `full_state`) instead of its own, possibly sharded, one."""
     from safetensors.torch import save_file
 
-    tensors = {f"{name}.{k}": v.detach().contiguous() for name in ("head_adapter", "vision_adapter")
-               if hasattr(module, name) for k, v in getattr(module, name).state_dict().items()}
+    state = module.state_dict() if state is None else state
+    tensors = {k: v.detach().contiguous() for k, v in state.items() if k.startswith(("head_adapter.", "vision_adapter."))}
     if tensors:
         save_file(tensors, str(path))
 
@@ -385,11 +397,12 @@ def save_final(accelerator, module, tokenizer, output_dir: Path) -> Path:
     unwrapped = accelerator.unwrap_model(module)
     target, tmp = output_dir / "student", output_dir / "student.tmp"
     check_space(accelerator, output_dir, student_bytes(unwrapped), target, output_dir)
+    state = full_state(accelerator, module)
     if accelerator.is_main_process:
         with saving(accelerator, tmp, target, output_dir):
             shutil.rmtree(tmp, ignore_errors=True)
-            save_checkpoint(unwrapped.student, tokenizer, tmp)
-            save_adapters(unwrapped, output_dir / "adapters.safetensors")
+            save_checkpoint(unwrapped.student, tokenizer, tmp, state=_part(state, "student."))
+            save_adapters(unwrapped, output_dir / "adapters.safetensors", state)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

@@ -331,12 +331,14 @@ def config_to_official(config: MobileVLMConfig) -> dict:
 
 
 def save_checkpoint(model: MobileVLM, tokenizer: Tokenizer, folder: str | Path, safe_serialization: bool = True,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write `model` and `tokenizer` as an official MobileVLM checkpoint folder (plus vision_tower/ configs)."""
+                    dtype: torch.dtype | None = None, state: dict | None = None) -> Path:
+    """Write `model` and `tokenizer` as an official MobileVLM checkpoint folder (plus vision_tower/ configs).
+
+    `state`: the weights to write instead of `model.state_dict()` (a sharded model's gathered full state)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config
-    state = {to_official_key(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    state = {to_official_key(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     official = config_to_official(config)
     official["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
     # Write to a temporary name and rename, so an interrupted save never leaves a half-written checkpoint.
