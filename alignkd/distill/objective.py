@@ -56,8 +56,12 @@ def run_teacher(teacher, batch: dict, loss: LossConfig) -> TeacherOutputs:
 
 def _touch(module: nn.Module) -> torch.Tensor:
     """0 * sum(params): every parameter gets a (zero) gradient even when its term is off or has no data this
-    step, so DDP's reducer sees all of them every step without find_unused_parameters."""
-    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+    step, so DDP's reducer sees all of them every step without find_unused_parameters. ZeRO-3 parameters (`ds_id`)
+    are left out: they exist only inside their own module's forward, and ZeRO-3 has no such reducer."""
+    params = [p for p in module.parameters() if p.requires_grad and not hasattr(p, "ds_id")]
+    if not params:
+        return torch.zeros((), requires_grad=True)
+    return sum(p.sum() for p in params) * 0.0
 
 
 class AlignKDModule(nn.Module):

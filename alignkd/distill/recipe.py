@@ -4,7 +4,8 @@
 supervised fine-tuning, no teacher: the CE-only baseline, and how the toy teacher is trained) both run
 `run()`. The teacher is frozen, in eval mode, under no_grad, and never handed to `accelerator.prepare`;
 the student and the KD adapters are one module that the optimizer, the checkpoint and DDP own. Nothing
-assumes a single process: `accelerate launch --cpu --num_processes 2 -m alignkd distill -c CONFIG` works.
+assumes a single process: `accelerate launch --config_file alignkd/configs/accelerate/{ddp,fsdp,deepspeed_zero2}.yaml
+-m alignkd distill -c CONFIG` (docs/distill.md, "Multi-GPU").
 
     alignkd distill -c alignkd/configs/synth_distill.yaml output_dir=runs/kd max_steps=20
     alignkd distill -c alignkd/configs/synth_distill.yaml output_dir=runs/kd --resume
@@ -47,6 +48,20 @@ def _param_groups(module: AlignKDModule, optim) -> list[dict]:
     # adapters get no weight decay: they are plain linear maps between spaces, not a model to regularise
     decay = {"llm": optim.weight_decay, "projector": optim.weight_decay, "adapters": 0.0}
     return [{"params": ps, "lr": lrs[g], "weight_decay": decay[g], "name": g} for g, ps in groups.items() if ps]
+
+
+def _deepspeed_settings(accelerator, cfg: TrainConfig) -> bool:
+    """Under DeepSpeed the engine accumulates, clips and steps: hand it the run's micro-batch, accumulation and
+    clipping (its config's "auto" values would need a prepared data loader). True when DeepSpeed runs."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return False
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+              gradient_clipping=cfg.optim.max_grad_norm)
+    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    return True
 
 
 def _epoch_indices(n: int, seed: int, epoch: int) -> list[int]:
@@ -132,6 +147,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision.value,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))
     _start_run_folder(accelerator, out_dir, resume_from, overwrite)
+    deepspeed = _deepspeed_settings(accelerator, cfg)
     set_seed(cfg.seed)
 
     # ---- setup: models, data, optimizer -----------------------------------------------------------
@@ -200,10 +216,13 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
                     break
                 collator.record(batch["skipped"])  # collation may have run in a worker process
                 last = (micro + 1) % cfg.grad_accum == 0
+                if deepspeed:  # the engine steps at its accumulation boundary, which accelerate sets from this flag
+                    accelerator.gradient_state._set_sync_gradients(last)
                 with nullcontext() if last else accelerator.no_sync(module):
                     t_out = run_teacher(teacher, batch, cfg.loss) if teacher is not None and batch["input_ids"] is not None else None
                     terms = module(batch, t_out)
-                    accelerator.backward(terms["loss"] / cfg.grad_accum)
+                    # DeepSpeed divides by its gradient_accumulation_steps itself
+                    accelerator.backward(terms["loss"] / (1 if deepspeed else cfg.grad_accum))
                 values = torch.stack([terms["loss"].detach().float()] + [terms.get(n, torch.zeros(())).detach().float().reshape(()) for n in TERMS])
                 finite = torch.isfinite(values).all().float()
                 sums += torch.cat([values, finite.reshape(1)])  # a NaN stays NaN: the error below shows it

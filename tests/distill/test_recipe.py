@@ -52,12 +52,15 @@ def test_ce_only_training(world, teacher_ckpt, tmp_path):
 def test_two_processes(world, teacher_ckpt, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(synth_config(world, teacher_ckpt, tmp_path / "ddp", max_steps=2, batch_size=2)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # `accelerate launch --cpu` starts ONE process whatever --num_processes says; --multi_gpu starts two (torchrun)
+    # and ACCELERATE_USE_CPU makes them a gloo group on the CPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "-m", "alignkd", "distill", "-c", str(cfg_path)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 2, done.stdout[-2000:]  # both processes ran the recipe
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["final"]["attn"] > 0
 

@@ -1,10 +1,10 @@
-"""`python -m alignkd ...` under accelerate's FSDP on CPU processes (gloo), for tests/distill/test_sharding.py.
+"""`python -m alignkd ...` under accelerate's FSDP or DeepSpeed on CPU processes (gloo), for the sharding tests.
 
-accelerate turns FSDP on only for GPU-like distributed types (a CPU launch is MULTI_CPU, and `--cpu` even makes
-`accelerate launch` start a single process), so this worker, started by `accelerate launch --config_file
-FSDP_CONFIG` with ACCELERATE_USE_CPU=true, reports the CPU process group as MULTI_GPU with a CPU device.
-Everything else is the shipped recipe. With ALIGNKD_GRADS=FILE, the (full, gathered) gradients handed to the
-first optimizer step are written to FILE by rank 0, in the optimizer's parameter order.
+accelerate turns FSDP and DeepSpeed on only for GPU-like distributed types (a CPU launch is MULTI_CPU, and
+`--cpu` even makes `accelerate launch` start a single process), so this worker, started by `accelerate launch
+--config_file CONFIG`, reports the torchrun process group as MULTI_GPU with a CPU device. Everything else is
+the shipped recipe. With ALIGNKD_GRADS=FILE, the (full, gathered) gradients handed to the first optimizer
+step are written to FILE by rank 0, in the optimizer's parameter order.
 """
 
 import os
@@ -19,7 +19,9 @@ _prepare_backend = PartialState._prepare_backend
 
 def _as_gpu_group(self, cpu=False, sagemaker_dp=False, backend=None):
     backend, kind = _prepare_backend(self, cpu, sagemaker_dp, backend)
-    return backend, DistributedType.MULTI_GPU if kind == DistributedType.MULTI_CPU else kind
+    if kind in (DistributedType.MULTI_CPU, DistributedType.NO) and "LOCAL_RANK" in os.environ:
+        return "gloo", DistributedType.MULTI_GPU
+    return backend, kind
 
 
 def _cpu_device(self):
@@ -43,7 +45,7 @@ def recording_step(step, path: str):
 
 
 if __name__ == "__main__":
-    torch.distributed.init_process_group("gloo")  # accelerate would only start it for MULTI_CPU
+    torch.distributed.init_process_group("gloo")  # accelerate would start it only for MULTI_CPU or a GPU
     PartialState._prepare_backend = _as_gpu_group
     PartialState.set_device = _cpu_device
     if os.environ.get("ALIGNKD_GRADS"):
