@@ -240,12 +240,12 @@ def save_run_checkpoint(accelerator, module, optimizer, scheduler, tokenizer, ou
     check_space(accelerator, final.parent, checkpoint_bytes(accelerator.unwrap_model(module), optimizer), final, output_dir)
     with saving(accelerator, tmp, final, output_dir):
         accelerator.save_state(str(tmp / "state"))
-        state = full_state(accelerator, module)
+        weights = full_state(accelerator, module)
         _replace_pickled_rng(tmp / "state", accelerator.process_index)
         accelerator.wait_for_everyone()  # every process's files are in tmp before it is renamed
         if accelerator.is_main_process:
             (tmp / SCHEDULER).write_text(json.dumps(scheduler.state_dict()) + "\n")
-            save_checkpoint(accelerator.unwrap_model(module).student, tokenizer, tmp / "student", state=_part(state, "student."))
+            save_checkpoint(accelerator.unwrap_model(module).student, tokenizer, tmp / "student", state=_part(weights, "student."))
             (tmp / TRAIN_STATE).write_text(json.dumps(state, indent=2) + "\n")  # last: it marks the folder complete
             if final.exists():
                 shutil.rmtree(final)

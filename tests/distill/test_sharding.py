@@ -4,6 +4,7 @@ train the tiny pair to the same losses, gradients and weights as one process."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,15 +91,16 @@ def one_process(world, teacher_ckpt, tmp_path_factory):
     return out, torch.load(tmp / "grads.pt")
 
 
-def _two_processes(config: str, world, teacher_ckpt, tmp_path: Path, **env) -> Path:
-    """`accelerate launch --config_file CONFIG` with 2 CPU processes running the recipe through the worker."""
+def _two_processes(config: str, world, teacher_ckpt, tmp_path: Path, *flags: str, **env) -> Path:
+    """`accelerate launch --config_file CONFIG` with 2 CPU processes running the recipe through the worker; the run
+    also writes a resumable checkpoint after step 1 (saving gathers the shards; it must not change the training)."""
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(synth_config(world, teacher_ckpt, tmp_path / "two", grad_accum=2, **BASE)))
+    cfg_path.write_text(yaml.safe_dump(synth_config(world, teacher_ckpt, tmp_path / "two", grad_accum=2, save_every=1, **BASE)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env,
            "PYTHONPATH": os.pathsep.join([str(Path(alignkd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
-                           str(WORKER), "distill", "-c", str(cfg_path)], capture_output=True, text=True, timeout=600, env=env)
+                           str(WORKER), "distill", "-c", str(cfg_path), *flags], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done:") == 2, done.stdout[-2000:]  # both processes ran the recipe
     return tmp_path / "two"
@@ -123,6 +125,7 @@ def test_fsdp_two_cpu_processes_equal_one(one_process, world, teacher_ckpt, tmp_
     # ACCELERATE_USE_CPU: the processes form a gloo group on the CPU (the worker then lets FSDP run there)
     two = _two_processes("fsdp.yaml", world, teacher_ckpt, tmp_path, ACCELERATE_USE_CPU="true", ALIGNKD_GRADS=str(tmp_path / "grads.pt"))
     _same_run(one, two)
+    assert (two / "checkpoints" / "step-1" / "student" / "model.safetensors").is_file()
     got = torch.load(tmp_path / "grads.pt")
     assert len(got) == len(grads) and sum(g.abs().sum() for g in grads) > 0
     for x, y in zip(grads, got):
@@ -137,3 +140,16 @@ def test_deepspeed_two_cpu_processes_equal_one(one_process, world, teacher_ckpt,
     (grad_accum 2), clips and steps, and the run equals the single-process one."""
     one, _ = one_process
     _same_run(one, _two_processes(config, world, teacher_ckpt, tmp_path, DS_ACCELERATOR="cpu"))
+
+
+@pytest.mark.slow
+def test_fsdp_resume_equals_uninterrupted(one_process, world, teacher_ckpt, tmp_path):
+    """An FSDP run resumed from its step-1 checkpoint (accelerate's sharded model and optimizer state, our scheduler
+    and RNG files) ends where the single-process run ends."""
+    one, _ = one_process
+    env = dict(ACCELERATE_USE_CPU="true")
+    two = _two_processes("fsdp.yaml", world, teacher_ckpt, tmp_path, **env)
+    for path in (two / "student", two / "adapters.safetensors", two / "train_summary.json"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _two_processes("fsdp.yaml", world, teacher_ckpt, tmp_path, "--resume", **env)
+    _same_run(one, two)
