@@ -28,6 +28,23 @@ def _cpu_device(self):
     self.device = torch.device("cpu")
 
 
+def _partition_every_parameter() -> None:
+    """ZeRO-3 keeps parameters under 1e5 elements whole on every process (persistence threshold), and gathered ones
+    alive up to 1e9 elements: all of the tiny model's. Partition them all and release each after its module's
+    forward, so that the tests see what a real model's layers see."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    post_init = DeepSpeedPlugin.__post_init__
+
+    def patched(plugin):
+        post_init(plugin)
+        if plugin.zero_stage == 3:
+            plugin.deepspeed_config["zero_optimization"].update(
+                stage3_param_persistence_threshold=0, stage3_max_live_parameters=0, stage3_max_reuse_distance=0)
+
+    DeepSpeedPlugin.__post_init__ = patched
+
+
 def recording_step(step, path: str):
     """AdamW.step that first saves the gradients it sees on its first call (FSDP's DTensor shards gathered to
     full tensors, by every process; rank 0 writes), in the optimizer's parameter order."""
@@ -48,6 +65,8 @@ if __name__ == "__main__":
     torch.distributed.init_process_group("gloo")  # accelerate would start it only for MULTI_CPU or a GPU
     PartialState._prepare_backend = _as_gpu_group
     PartialState.set_device = _cpu_device
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        _partition_every_parameter()
     if os.environ.get("ALIGNKD_GRADS"):
         torch.optim.AdamW.step = recording_step(torch.optim.AdamW.step, os.environ["ALIGNKD_GRADS"])
     from alignkd.cli import main
