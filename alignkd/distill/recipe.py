@@ -58,9 +58,17 @@ def _deepspeed_settings(accelerator, cfg: TrainConfig) -> bool:
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return False
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
-    ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-              gradient_clipping=cfg.optim.max_grad_norm)
-    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    total = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    ours = {"train_micro_batch_size_per_gpu": (cfg.batch_size, "batch_size"),
+            "gradient_accumulation_steps": (cfg.grad_accum, "grad_accum"),
+            "gradient_clipping": (cfg.optim.max_grad_norm, "optim.max_grad_norm"),
+            "train_batch_size": (total, f"batch_size x grad_accum x {accelerator.num_processes} processes")}
+    for key, (value, name) in ours.items():
+        given = ds.get(key, "auto")
+        if given not in ("auto", None) and float(given) != float(value):
+            raise AlignKDError(f"the DeepSpeed config sets {key}: {given} but the distill config's {name} is {value}; "
+                               f"set {key} to \"auto\" in the DeepSpeed config (the distill config decides), or change {name}")
+        ds[key] = value
     return True
 
 

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 import alignkd
 from alignkd.config import from_dict
 from alignkd.distill.config import TrainConfig
-from alignkd.distill.recipe import run
+from alignkd.distill.recipe import _deepspeed_settings, run
+from alignkd.errors import AlignKDError
 from alignkd.models.checkpoint import read_state_dict
 from alignkd.models.mobilevlm import MobileVLM, get_preset
 
@@ -153,3 +154,27 @@ def test_fsdp_resume_equals_uninterrupted(one_process, world, teacher_ckpt, tmp_
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     _two_processes("fsdp.yaml", world, teacher_ckpt, tmp_path, "--resume", **env)
     _same_run(one, two)
+
+
+def _deepspeed_accelerator(**given):
+    from types import SimpleNamespace
+
+    plugin = SimpleNamespace(deepspeed_config={"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                               "gradient_clipping": "auto", "train_batch_size": "auto", **given})
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=8,
+                           state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_deepspeed_takes_batch_accumulation_and_clipping_from_the_distill_config(world, teacher_ckpt, tmp_path):
+    cfg = from_dict(TrainConfig, synth_config(world, teacher_ckpt, tmp_path, batch_size=1, grad_accum=32))
+    acc = _deepspeed_accelerator(gradient_accumulation_steps=32)  # an explicit value that agrees is kept
+    assert _deepspeed_settings(acc, cfg) is True
+    assert acc.state.deepspeed_plugin.deepspeed_config == {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 32,
+                                                           "gradient_clipping": cfg.optim.max_grad_norm, "train_batch_size": 256}
+
+
+def test_deepspeed_config_disagreeing_with_the_distill_config_is_refused(world, teacher_ckpt, tmp_path):
+    cfg = from_dict(TrainConfig, synth_config(world, teacher_ckpt, tmp_path, batch_size=1, grad_accum=32))
+    with pytest.raises(AlignKDError, match=r"DeepSpeed config sets gradient_accumulation_steps: 8 but the distill config's "
+                                           r"grad_accum is 32; set gradient_accumulation_steps to \"auto\""):
+        _deepspeed_settings(_deepspeed_accelerator(gradient_accumulation_steps=8), cfg)
