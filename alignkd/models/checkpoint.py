@@ -223,7 +223,9 @@ def _read_file(path: Path, dtype: torch.dtype | None, device) -> dict[str, torch
         return {k: place(v) for k, v in _load_pickle(path).items()}  # mmap: only the cast copy is resident
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device=str(device or "cpu")) as f:
+    # safetensors takes "cpu" but not "cpu:0", the device accelerate gives each process of a multi-process CPU run
+    where = torch.device(device or "cpu")
+    with safe_open(str(path), framework="pt", device="cpu" if where.type == "cpu" else str(where)) as f:
         return {k: place(f.get_tensor(k)) for k in f.keys()}
 
 

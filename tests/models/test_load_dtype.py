@@ -90,3 +90,10 @@ def _tokenizer():
     from alignkd.data.tokenizer import Tokenizer
 
     return Tokenizer.from_folder(REPO / "tests" / "fixtures" / "mobilevlm_official_tiny" / "checkpoint")
+
+
+def test_load_spec_takes_an_indexed_cpu_device(fixture_dir):
+    """Each process of a multi-process CPU run (accelerate) gets device cpu:0, which safetensors itself refuses."""
+    teacher, _ = load_spec(ModelSpec(path=str(fixture_dir / "checkpoint")), train=False, dtype="bfloat16",
+                           device=torch.device("cpu", 0))
+    assert {p.device.type for p in teacher.parameters()} == {"cpu"}
