@@ -197,6 +197,32 @@ def init_student(
                f"(seed {summary['seed']}), {summary['parameters'] / 1e6:,.1f}M parameters in {summary['dtype']}")
 
 
+# A command of its own, not `alignkd distill cache-teacher`: `distill` takes free dotted overrides as positional
+# arguments, so a sub-command name there would be read as an override (or the group would swallow them).
+@app.command("cache-teacher")
+def cache_teacher(
+    config: Path = CONFIG_OPT,
+    out: Path = typer.Option(..., "-o", "--out", help="Cache folder to create, or to continue after an interruption."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Logits kept per position (default: the whole vocabulary, exact)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Attention block and image tokens: float16, bfloat16 or float32."),
+    samples_per_shard: int = typer.Option(256, "--samples-per-shard", min=1, help="Records per shard (the unit redone after a kill)."),
+) -> None:
+    """Run the config's teacher once over its training data and cache what Align-KD needs (`teacher_cache: CACHE` trains from it)."""
+    try:
+        from alignkd.config import load_config
+        from alignkd.distill.config import TrainConfig
+        from alignkd.distill.teacher_cache import build_cache
+
+        cfg = load_config(TrainConfig, config, list(overrides or []))
+        manifest = build_cache(cfg, out, top_k, dtype, samples_per_shard)
+    except AlignKDError as err:
+        _fail(err)
+    n = sum(s["samples"] for s in manifest["shards"])
+    typer.echo(f"done: {out} ({n} records, {len(manifest['shards'])} shards, top-k {manifest['top_k']}); "
+               f"train from it with teacher_cache={out}")
+
+
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 class _DefaultRunGroup(typer.core.TyperGroup):

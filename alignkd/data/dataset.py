@@ -54,6 +54,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     pixel_values: object | None  # torch.Tensor [n_images, 3, H, W] or None
+    index: int | None = None  # position in the data file: the stable key of the record (e.g. in a teacher cache)
 
     @property
     def n_images(self) -> int:
@@ -214,7 +215,7 @@ class LlavaDataset:
             if failed:
                 return self._skip(i, rec_id, "corrupt_image", failed)
             pixels = self.processor(images)
-        return Example(rec_id, ex.input_ids, ex.labels, pixels)
+        return Example(rec_id, ex.input_ids, ex.labels, pixels, i)
 
     @staticmethod
     def _load_images(paths):
@@ -277,6 +278,7 @@ class Collator:
             "attention_mask": mask,
             "images": torch.cat(pixels) if pixels else None,
             "ids": [x.id for x in examples],
+            "indices": [x.index for x in examples],
             "n_skipped": len(items) - len(examples),
             "skipped": skipped,
         }

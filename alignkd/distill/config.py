@@ -133,6 +133,7 @@ class TrainConfig:
     student: ModelSpec
     teacher: ModelSpec | None = None  # None: plain supervised fine-tuning (`alignkd train`)
     adapters_from: str | None = None  # adapters.safetensors of an earlier stage (stage 2 continues stage 1's)
+    teacher_cache: str | None = None  # `alignkd cache-teacher` output: train from it, the teacher is never loaded
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -175,4 +176,4 @@ class TrainConfig:
 
     @property
     def distill(self) -> bool:
-        return self.teacher is not None
+        return self.teacher is not None or self.teacher_cache is not None

@@ -30,6 +30,11 @@ def _kl_rows(p_logits: Tensor, q_logits: Tensor, temperature: float) -> Tensor:
     """KL(p || q) per row, [n, V] -> [n], fp32; 0 * log 0 counts as 0 (vocab masked with -inf)."""
     log_p = F.log_softmax(p_logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(q_logits.float() / temperature, dim=-1)
+    return _kl_logp(log_p, log_q)
+
+
+def _kl_logp(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities [n, V] -> [n]; 0 * log 0 counts as 0."""
     p = log_p.exp()
     # where() before the product, not after: (-inf) - (-inf) = nan would otherwise leak into the
     # backward pass even where p == 0.
@@ -79,6 +84,46 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor,
     Vocabulary entries with logit -inf in the teacher contribute 0.
     """
     return _masked_kl(student_logits, teacher_logits, mask, temperature, reverse=False)
+
+
+def topk_kl(student_logits: Tensor, mask: Tensor, teacher_idx: Tensor, teacher_logp: Tensor, teacher_tail: Tensor,
+            temperature: float = 1.0, reverse: bool = True) -> Tensor:
+    """KL between the teacher's cached top-K distribution and the student's, each with a tail bucket.
+
+    student_logits: [..., V] with mask [...] (as `reverse_kl`); the n = mask.sum() selected rows, in row-major
+    order, pair with the cached teacher rows: teacher_idx [n, K] vocabulary indices, teacher_logp [n, K] the
+    teacher's log p_T(v) = log_softmax(z_T / T)[v] there, teacher_tail [n] log(1 - sum_K p_T), -inf when the
+    K indices cover the vocabulary. Both distributions are coarsened to the same K + 1 buckets: the K tokens
+    and "any other token". With q_k = softmax(z_S / T)[idx_k] and q_tail = 1 - sum_k q_k (computed as a
+    logsumexp over the other V - K logits, not as a difference, so a tiny tail keeps its precision):
+
+        reverse: T^2 * mean_n [ sum_k q_k (log q_k - log p_k) + q_tail (log q_tail - log p_tail) ]
+        forward: T^2 * mean_n [ sum_k p_k (log p_k - log q_k) + p_tail (log p_tail - log q_tail) ]
+
+    This is the KL between the bucketed distributions: never above the full-vocabulary KL (log-sum inequality)
+    and equal to it when K = V. fp32 math; the teacher side carries no gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    s_sel = student_logits[mask.bool()].float() / temperature
+    n, k = teacher_idx.shape
+    if s_sel.shape[0] != n or teacher_logp.shape != (n, k) or teacher_tail.shape != (n,):
+        raise ValueError(f"{s_sel.shape[0]} masked student rows but cached teacher rows idx {tuple(teacher_idx.shape)}, "
+                         f"logp {tuple(teacher_logp.shape)}, tail {tuple(teacher_tail.shape)}.")
+    if n == 0:
+        return _zero_like_graph(s_sel)
+    idx = teacher_idx.long()
+    log_z = torch.logsumexp(s_sel, dim=-1, keepdim=True)
+    s_top = s_sel.gather(1, idx) - log_z
+    rest = s_sel.scatter(1, idx, float("-inf"))
+    # An empty tail (K = V) would give logsumexp(all -inf) = -inf, whose backward is nan: compute it on zeros
+    # and put the -inf back with where(), which sends no gradient there.
+    empty = torch.isneginf(rest).all(dim=-1, keepdim=True)
+    s_tail = torch.where(empty, float("-inf"), torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1, keepdim=True) - log_z)
+    log_s = torch.cat([s_top, s_tail], dim=-1)
+    log_t = torch.cat([teacher_logp.detach().float(), teacher_tail.detach().float()[:, None]], dim=-1)
+    p, q = (log_s, log_t) if reverse else (log_t, log_s)
+    return _kl_logp(p, q).mean() * temperature**2
 
 
 def response_mask(labels: Tensor, ignore_index: int = -100) -> Tensor:

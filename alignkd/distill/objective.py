@@ -12,7 +12,7 @@ the optimizer, so they never trained). The frozen teacher runs outside it, under
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -20,14 +20,23 @@ from torch import nn
 from alignkd.distill.attention import Layer0Capture, block_positions
 from alignkd.distill.config import AttnBlock, Divergence, KDMask, LossConfig
 from alignkd.distill.losses import (HeadAdapter, VisionAdapter, attention_mse, focus_topk, forward_kl, response_mask,
-                                    reverse_kl, vision_token_mse)
+                                    reverse_kl, topk_kl, vision_token_mse)
 
 TERMS = ("ce", "kd", "attn", "vision_all", "vision_focus")
 
 
 @dataclass
+class TopKLogits:
+    """The teacher's logits as the cache keeps them (`alignkd.distill.teacher_cache`), rows = KD-mask positions."""
+
+    idx: torch.Tensor  # [n, K] vocabulary indices
+    logp: torch.Tensor  # [n, K] teacher log-probabilities at the loss temperature
+    tail: torch.Tensor  # [n] log of the remaining mass (-inf when K = V)
+
+
+@dataclass
 class TeacherOutputs:
-    logits: torch.Tensor  # [B, L, V]
+    logits: torch.Tensor | None  # [B, L, V]; None when read from a teacher cache (see `topk`)
     block: torch.Tensor | None  # [B, Ht, R, C] the distilled attention block
     text_vision: torch.Tensor | None  # [B, Ht, T, Nv] for the focus ranking
     image_features: torch.Tensor | None  # [n_images, 144, Dt]
@@ -35,6 +44,7 @@ class TeacherOutputs:
     cols: torch.Tensor
     text: torch.Tensor
     vision: torch.Tensor
+    topk: TopKLogits | None = None  # instead of `logits`; rows..vision are then None and found from the student's splice
 
 
 @torch.no_grad()
@@ -44,7 +54,8 @@ def run_teacher(teacher, batch: dict, loss: LossConfig) -> TeacherOutputs:
         out = teacher(batch["input_ids"], batch["images"], batch["attention_mask"])
     spliced = out.spliced
     rows, cols, text, vision = block_positions(spliced.image_positions, spliced.attention_mask, loss.attn_block.value)
-    need_attn = loss.weights.attn > 0
+    # a batch of text-only records has no rows (or no columns) in the block: nothing to capture
+    need_attn = loss.weights.attn > 0 and rows.shape[1] > 0 and cols.shape[1] > 0
     need_focus = loss.weights.vision_focus > 0 and loss.focus_k > 0 and vision.shape[1] > 0
     block = cap.probs(rows, cols, spliced.attention_mask) if need_attn else None
     if need_focus:
@@ -91,12 +102,21 @@ class AlignKDModule(nn.Module):
         if teacher is None:
             raise ValueError("the Align-KD objective needs the teacher's outputs")
         spliced = out.spliced
-        if teacher.logits.shape[:2] != out.logits.shape[:2]:
+        if teacher.rows is None:  # cached teacher: same sequences, so the student's splice gives the same positions
+            teacher = replace(teacher, **dict(zip(("rows", "cols", "text", "vision"), block_positions(
+                spliced.image_positions, spliced.attention_mask, cfg.attn_block.value))))
+        if teacher.logits is not None and teacher.logits.shape[:2] != out.logits.shape[:2]:
             raise ValueError(f"teacher and student sequences differ: {tuple(teacher.logits.shape)} vs {tuple(out.logits.shape)}")
         # logits: same position t predicts the same next token in both models, no shift needed
         mask = response_mask(spliced.labels) if cfg.kd_mask == KDMask.response else spliced.attention_mask
         kl = reverse_kl if cfg.divergence == Divergence.reverse else forward_kl
-        terms["kd"] = kl(out.logits, teacher.logits, mask, cfg.temperature) if w.kd > 0 else out.logits.sum() * 0.0
+        if w.kd == 0:
+            terms["kd"] = out.logits.sum() * 0.0
+        elif teacher.topk is not None:
+            t = teacher.topk
+            terms["kd"] = topk_kl(out.logits, mask, t.idx, t.logp, t.tail, cfg.temperature, cfg.divergence == Divergence.reverse)
+        else:
+            terms["kd"] = kl(out.logits, teacher.logits, mask, cfg.temperature)
         # first-layer attention on the chosen block, teacher heads mapped onto the student's
         if w.attn > 0 and teacher.block is not None and teacher.rows.shape[1] and teacher.cols.shape[1]:
             student_block = cap.probs(teacher.rows, teacher.cols, spliced.attention_mask)

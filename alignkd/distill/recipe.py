@@ -28,6 +28,7 @@ from alignkd.distill.checkpoint import (CHECKPOINTS, check_adapters_from, check_
 from alignkd.distill.config import TrainConfig
 from alignkd.distill.objective import TERMS, AlignKDModule, run_teacher
 from alignkd.distill.rundir import History, check_flags, prepare_output_dir, truncate_history
+from alignkd.distill.teacher_cache import TeacherCache
 from alignkd.errors import AlignKDError
 
 
@@ -161,20 +162,23 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
     # ---- setup: models, data, optimizer -----------------------------------------------------------
     student, tokenizer = load_spec(cfg.student)
     student.vision_tower.requires_grad_(not cfg.freeze_vision_tower)
-    teacher = None
-    if cfg.distill:
-        # read straight into teacher_dtype on the device: no full-precision copy of a 7B on the host
+    teacher = cache = None
+    if cfg.teacher_cache:
+        cache = TeacherCache(cfg.teacher_cache)  # the teacher is never loaded: its outputs come from the cache
+    elif cfg.distill:
         teacher, t_tok = load_spec(cfg.teacher, train=False, dtype=cfg.teacher_dtype, device=accelerator.device)
         check_pair(teacher, t_tok, student, tokenizer)
         teacher.requires_grad_(False).to(accelerator.device, getattr(torch, cfg.teacher_dtype))
     if cfg.gradient_checkpointing:
         student.llm.activation_checkpointing_enable()
-    module = AlignKDModule(student, cfg.loss, teacher.config.num_heads if teacher else None,
-                           teacher.config.hidden_size if teacher else None)
+    t_shape = (cache.num_heads, cache.hidden_size) if cache else (teacher.config.num_heads, teacher.config.hidden_size) if teacher else (None, None)
+    module = AlignKDModule(student, cfg.loss, *t_shape)
     if cfg.adapters_from:
         load_adapters(module, Path(cfg.adapters_from))
     dataset = LlavaDataset(cfg.data.train, cfg.data.image_root, tokenizer, student.config.image, cfg.data.template,
                            cfg.data.max_length, student.config.num_image_tokens, cfg.data.strict)
+    if cache:
+        cache.check(cfg, dataset, student.config.llm.vocab_size)
     collator = Collator(tokenizer.pad_id)
     batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size) // accelerator.num_processes
     steps_per_epoch = batches_per_epoch // cfg.grad_accum  # a trailing partial accumulation is dropped
@@ -227,7 +231,8 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
                 if deepspeed:  # the engine steps at its accumulation boundary, which accelerate sets from this flag
                     accelerator.gradient_state._set_sync_gradients(last)
                 with nullcontext() if last else accelerator.no_sync(module):
-                    t_out = run_teacher(teacher, batch, cfg.loss) if teacher is not None and batch["input_ids"] is not None else None
+                    t_out = (None if batch["input_ids"] is None else cache.teacher_outputs(batch, accelerator.device) if cache
+                             else run_teacher(teacher, batch, cfg.loss) if teacher is not None else None)
                     terms = module(batch, t_out)
                     # DeepSpeed divides by its gradient_accumulation_steps itself
                     accelerator.backward(terms["loss"] / (1 if deepspeed else cfg.grad_accum))
