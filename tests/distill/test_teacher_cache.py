@@ -213,6 +213,8 @@ def test_other_loss_settings_and_top_k_are_refused(world, teacher_ckpt, small_da
     # continuing a cache with another K would mix two caches in one folder
     with pytest.raises(AlignKDError, match=r"holds a teacher cache built with another top-k 16; re-run with the settings"):
         _build(world, teacher_ckpt, small_data, cache16, k=64, dtype="float16")
+    with pytest.raises(AlignKDError, match=r"--top-k 100000 must be between 1 and the teacher's vocabulary size"):
+        _build(world, teacher_ckpt, small_data, tmp_path / "c2", k=100000)
     with pytest.raises(AlignKDError, match="holds no manifest.json"):
         _train_from(tmp_path, world, teacher_ckpt, small_data, tmp_path)
 
@@ -238,3 +240,24 @@ def test_a_batch_of_text_only_records_distils_online_and_from_the_cache(world, t
         terms = module(batch, t_out)
         terms["loss"].backward()
         assert terms["kd"].item() > 0 and terms["attn"].item() == 0 and terms["vision_all"].item() == 0
+
+
+def test_cli_caches_then_distils_from_the_cache(world, teacher_ckpt, small_data, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "alignkd", *a], capture_output=True, text=True, timeout=300)
+    raw = synth_config(world, teacher_ckpt, tmp_path / "run", max_steps=1)
+    raw["data"]["train"] = str(small_data)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cache = tmp_path / "cache"
+    done = cli("cache-teacher", "-c", str(path), "-o", str(cache), "--top-k", "16", "--samples-per-shard", "4")
+    assert done.returncode == 0, done.stderr
+    assert f"teacher_cache={cache}" in done.stdout and json.loads((cache / "manifest.json").read_text())["top_k"] == 16
+    done = cli("distill", "-c", str(path), f"teacher_cache={cache}", "teacher=null")
+    assert done.returncode == 0, done.stderr
+    done = cli("cache-teacher", "-c", str(path), "-o", str(tmp_path / "run"), "--top-k", "16")  # a training run's folder
+    assert done.returncode == 2 and "holds no teacher cache" in done.stderr and "Traceback" not in done.stderr
