@@ -219,8 +219,9 @@ def cache_teacher(
     except AlignKDError as err:
         _fail(err)
     n = sum(s["samples"] for s in manifest["shards"])
-    typer.echo(f"done: {out} ({n} records, {len(manifest['shards'])} shards, top-k {manifest['top_k']}); "
-               f"train from it with teacher_cache={out}")
+    size = sum(s["bytes"] for s in manifest["shards"])
+    typer.echo(f"done: {out} ({n} records, {size / max(n, 1) / 1e6:.3g} MB each, {len(manifest['shards'])} shards, "
+               f"top-k {manifest['top_k']}); train from it with teacher_cache={out}")
 
 
 data_app = typer.Typer(help="Training data and the synthetic world (the embedded default).", no_args_is_help=True)

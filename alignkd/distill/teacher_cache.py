@@ -193,9 +193,10 @@ def _start_or_resume(out: Path, header: dict) -> dict:
         differ = [k for k in ("format", "version", "teacher", "data", "top_k", "dtype", "loss", "samples_per_shard")
                   if _comparable(manifest.get(k), k) != _comparable(header[k], k)]
         if differ:
-            what = ", ".join(f"top-k {manifest.get('top_k')}" if k == "top_k" else k for k in differ)
-            raise AlignKDError(f"{out} holds a teacher cache built with another {what}; re-run with the settings it was "
-                               "started with to continue it, or choose a new -o folder")
+            what = ", ".join(f"top-k {manifest.get('top_k')}, not {header['top_k']}" if k == "top_k" else f"another {k}"
+                             for k in differ)
+            raise AlignKDError(f"{out} holds a teacher cache built with other settings ({what}); re-run with the settings it "
+                               "was started with to continue it, or choose a new -o folder")
         done = {s["file"] for s in manifest["shards"]}
         for stray in out.glob("shard-*"):  # partial shards, or written but not yet recorded: redone
             if stray.name not in done:
@@ -210,8 +211,8 @@ def _start_or_resume(out: Path, header: dict) -> dict:
 
 
 def _comparable(value, key):
-    # the full content hash is provenance only: a resumed pass compares the cheap fingerprint
-    return {k: v for k, v in value.items() if k != "content_sha256"} if key == "teacher" and isinstance(value, dict) else value
+    # a resumed pass compares the teacher's fingerprint only: the full hash is provenance, and the folder may have moved
+    return value.get("fingerprint") if key == "teacher" and isinstance(value, dict) else value
 
 
 def build_cache(cfg: TrainConfig, out, top_k: int | None = None, dtype: str = "float16", samples_per_shard: int = 256,
@@ -299,7 +300,8 @@ def _write_shard(teacher, dataset, collator, cfg: TrainConfig, k: int, dtype, pa
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "checks": json.dumps(checks)})
     os.replace(tmp, path)
-    return {"file": path.name, "records": list(span), "samples": len(keys), "skipped": (span[1] - span[0]) - len(keys)}
+    return {"file": path.name, "records": list(span), "samples": len(keys), "skipped": (span[1] - span[0]) - len(keys),
+            "bytes": path.stat().st_size}
 
 
 # ---- training from the cache ----------------------------------------------------------------------------

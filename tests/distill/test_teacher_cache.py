@@ -211,7 +211,7 @@ def test_other_loss_settings_and_top_k_are_refused(world, teacher_ckpt, small_da
     with pytest.raises(AlignKDError, match=r"holds outputs for loss.temperature=1.0 but the config asks for 2.0"):
         _train_from(cache16, world, teacher_ckpt, small_data, tmp_path, loss={"temperature": 2.0})
     # continuing a cache with another K would mix two caches in one folder
-    with pytest.raises(AlignKDError, match=r"holds a teacher cache built with another top-k 16; re-run with the settings"):
+    with pytest.raises(AlignKDError, match=r"holds a teacher cache built with other settings \(top-k 16, not 64\); re-run with the settings"):
         _build(world, teacher_ckpt, small_data, cache16, k=64, dtype="float16")
     with pytest.raises(AlignKDError, match=r"--top-k 100000 must be between 1 and the teacher's vocabulary size"):
         _build(world, teacher_ckpt, small_data, tmp_path / "c2", k=100000)
