@@ -232,8 +232,9 @@ def build_cache(cfg: TrainConfig, out, top_k: int | None = None, dtype: str = "f
     if samples_per_shard < 1:
         raise AlignKDError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
     set_seed(cfg.seed)  # a preset teacher is built randomly: the same seed gives the same teacher as `distill`
-    teacher, tok = load_spec(cfg.teacher, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # read straight into teacher_dtype on the device, as distill does: no full-precision copy of a 7B on the host
+    teacher, tok = load_spec(cfg.teacher, train=False, dtype=cfg.teacher_dtype, device=device)
     teacher.requires_grad_(False).to(device, getattr(torch, cfg.teacher_dtype))
     vocab = teacher.config.llm.vocab_size
     k = vocab if top_k is None else top_k
