@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alignkd.export.parts import TokenEmbedding, VisionEncoder
-from alignkd.export.quantize import quantize_decoder_linears, quantize_embedding, quantize_vision_pt2e
+from alignkd.export.parts import TokenEmbedding
+from alignkd.export.quantize import quantize_decoder_linears, quantize_embedding, quantize_vision_dynamic
+from alignkd.export.vision_lowered import LoweredVisionEncoder
 
 PTE_FILE = "model.pte"
 METHODS = ("vision_encoder", "token_embedding", "text_decoder")
@@ -133,9 +134,10 @@ def export_executorch(model, tokenizer, out: Path, quant: str, *, group_size: in
     cfg = model.config
     size, dim = cfg.image.size, cfg.llm.hidden_size
     pixels = calibration[0] if calibration else torch.zeros(1, 3, size, size)
-    vision = VisionEncoder(model).eval()
+    # The XNNPACK-shaped encoder: one delegate for the whole graph (alignkd.export.vision_lowered).
+    vision = LoweredVisionEncoder(model).eval()
     if vision_quant == "int8":
-        vision = quantize_vision_pt2e(vision, pixels, calibration)
+        quantize_vision_dynamic(vision)
     # Deep copies: quantization replaces modules in place and the eager model must stay the fp32 reference.
     embedding = copy.deepcopy(TokenEmbedding(model)).eval()
     decoder = build_decoder(model, max_seq_len)

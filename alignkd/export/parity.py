@@ -25,6 +25,8 @@ MIN_TOKEN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9, "8da8w": 0.8, "int8": 0.8, "8da
 MIN_LOGIT_COSINE = {"fp32": 0.99999, "fp16": 0.999, "8da8w": 0.99, "int8": 0.99, "8da4w": 0.95, "int4": 0.95, "palettize4": 0.95,
                     "f32": 0.99999, "f16": 0.999, "q8_0": 0.99, "q4_0": 0.95, "q4_k_s": 0.95}
 EXACT_SCHEMES = ("fp32", "f32")  # full precision: greedy tokens must equal the eager model's
+# Minimum cosine of the bundle's image tokens against eager fp32, per vision scheme (the issue-17 bar for int8).
+MIN_IMAGE_TOKEN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 GOLDEN_QUESTIONS = ("What shapes can you see in this picture?", "What colour is the largest object?",
                     "Describe the image in one sentence.")
 
@@ -135,9 +137,13 @@ def end_to_end(eager, bundle, tokenizer, image_config, template: str = "v1", pai
     }
 
 
-def judge(scheme: str, e2e: dict) -> tuple[bool, list[str]]:
-    """Whether the figures meet the scheme's thresholds, with one reason per miss."""
+def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None = None) -> tuple[bool, list[str]]:
+    """Whether the figures meet the scheme's thresholds (and the vision scheme's image-token floor when `parts`
+    holds the vision encoder's metrics), with one reason per miss."""
     misses = []
+    image = (parts or {}).get("vision_encoder")
+    if vision in MIN_IMAGE_TOKEN_COSINE and image is not None and image["cosine"] < MIN_IMAGE_TOKEN_COSINE[vision]:
+        misses.append(f"{vision} image-token cosine {image['cosine']:.5f} < {MIN_IMAGE_TOKEN_COSINE[vision]}")
     if scheme in EXACT_SCHEMES and not e2e["exact_match"]:
         misses.append(f"{scheme} greedy tokens differ from the eager model's")
     if e2e["token_agreement"] < MIN_TOKEN_AGREEMENT[scheme]:
@@ -147,6 +153,9 @@ def judge(scheme: str, e2e: dict) -> tuple[bool, list[str]]:
     return not misses, misses
 
 
-def thresholds(scheme: str) -> dict:
-    return {"min_token_agreement": MIN_TOKEN_AGREEMENT[scheme], "min_logit_cosine": MIN_LOGIT_COSINE[scheme],
-            "exact_tokens": scheme in EXACT_SCHEMES}
+def thresholds(scheme: str, vision: str | None = None) -> dict:
+    out = {"min_token_agreement": MIN_TOKEN_AGREEMENT[scheme], "min_logit_cosine": MIN_LOGIT_COSINE[scheme],
+           "exact_tokens": scheme in EXACT_SCHEMES}
+    if vision in MIN_IMAGE_TOKEN_COSINE:
+        out["min_image_token_cosine"] = MIN_IMAGE_TOKEN_COSINE[vision]
+    return out

@@ -3,7 +3,8 @@
 Schemes (closed sets, `SCHEMES`):
 - executorch: `fp32`; `8da8w` (int8 dynamic activations, int8 per-channel weights, int8 embedding);
   `8da4w` (int4 weights in groups of `group_size`, embedding int8 or int4 per `embedding_bits`).
-  The vision encoder is fp32 or, with `vision_quant="int8"`, PT2E static int8 (XNNPACKQuantizer).
+  The vision encoder is fp32 or, with `vision_quant="int8"`, int8 linears with dynamic int8 activations
+  (`quantize_vision_dynamic`; PT2E static int8 measured slower and less accurate, benchmarks/vision_encoder.py).
 - onnx: `fp32`, `int8` (onnxruntime quantize_dynamic), `int4` (MatMulNBits, block = `group_size`).
 - coreml: `fp16`, `int8` (per channel), `int4` (per block of `group_size`), `palettize4` (4-bit LUT).
 - gguf: `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_s` (llama.cpp's own types and quantiser); the projector GGUF is
@@ -126,6 +127,12 @@ def quantize_vision_pt2e(module: nn.Module, example: torch.Tensor, calibration: 
         for pixels in calibration:
             prepared(pixels)
     return convert_pt2e(prepared)
+
+
+def quantize_vision_dynamic(module: nn.Module) -> nn.Module:
+    """In place: the encoder's nn.Linear layers to int8 dynamic activations + int8 per-channel weights (XNNPACK's
+    dynamically quantised fully-connected); everything else, the layer-norm statistics included, stays fp32."""
+    return quantize_decoder_linears(module, "8da8w", group_size=0)
 
 
 def synthetic_calibration(size: int, n: int = 4, seed: int = 0) -> list[torch.Tensor]:
