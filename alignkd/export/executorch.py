@@ -41,6 +41,48 @@ _KEY_MAP = [
 ]
 
 
+class StoredLayoutKVCache(nn.Module):
+    """ExecuTorch's CustomKVCache without its layout round trip: `update` returns the caches as stored,
+    [B, C, Hkv, D], which is what llama::custom_sdpa reads. CustomKVCache returns them transposed to
+    [B, Hkv, C, D] and SDPACustom transposes them back: in the exported graph that pair is two copies of the
+    whole cache per layer and step (about a third of a decode step at the 1.7B shape, ETDump)."""
+
+    def __init__(self, cache: nn.Module):
+        super().__init__()
+        self.register_buffer("k_cache", cache.k_cache)  # the same tensors: nothing is copied
+        self.register_buffer("v_cache", cache.v_cache)
+
+    def update(self, input_pos: torch.Tensor, k_val: torch.Tensor, v_val: torch.Tensor):
+        start_pos = input_pos[0].item()
+        # k_val, v_val [B, Hkv, S, D]: only this step's rows are transposed
+        torch.ops.llama.update_cache(k_val.transpose(1, 2), self.k_cache, start_pos)
+        torch.ops.llama.update_cache(v_val.transpose(1, 2), self.v_cache, start_pos)
+        return self.k_cache, self.v_cache
+
+
+class StoredLayoutSDPA(nn.Module):
+    """SDPACustom for `StoredLayoutKVCache`: only the query ([B, H, S, D] -> [B, S, H, D]) is transposed."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input_pos, q, k, v, bsz, seqlen, mask):
+        out = torch.ops.llama.custom_sdpa(q.transpose(1, 2), k, v, input_pos[0].item(), None, 0, True)
+        return out.view(bsz, seqlen, self.dim)
+
+
+def _keep_cache_layout(transformer: nn.Module) -> None:
+    """Swap each attention's CustomKVCache / SDPACustom pair for the stored-layout pair."""
+    from executorch.examples.models.llama.source_transformation.custom_kv_cache import CustomKVCache
+    from executorch.examples.models.llama.source_transformation.sdpa import SDPACustom
+
+    for module in transformer.modules():
+        cache, sdpa = getattr(module, "kv_cache", None), getattr(module, "SDPA", None)
+        if type(cache) is CustomKVCache and type(sdpa) is SDPACustom and not sdpa.use_attention_mask:
+            module.kv_cache, module.SDPA = StoredLayoutKVCache(cache), StoredLayoutSDPA(sdpa.dim)
+
+
 class TextDecoder(nn.Module):
     """forward(embeddings [1,n,D], input_pos [1] int64) -> logits [1,V] of the last position."""
 
@@ -85,6 +127,7 @@ def build_decoder(model, max_seq_len: int) -> TextDecoder:
     _materialise(transformer, args, [k for k in missing])
     transformer = replace_kv_cache_with_custom_kv_cache(transformer)
     transformer = replace_sdpa_with_custom_op(transformer)
+    _keep_cache_layout(transformer)
     return TextDecoder(transformer).eval()
 
 

@@ -37,16 +37,21 @@ def _checked_max_seq_len(program, pte: Path, manifest_len: int) -> int:
 class ExecuTorchBackend:
     """One loaded program; every output is cloned because the runtime reuses its planned output memory."""
 
-    def __init__(self, pte: Path, max_seq_len: int, vocab_size: int):
+    def __init__(self, pte: Path, max_seq_len: int, vocab_size: int, etdump: bool = False):
         _register_kernels()
         from executorch.runtime import Runtime, Verification
 
         self.vocab_size = vocab_size
-        program = Runtime.get().load_program(str(pte), verification=Verification.Minimal)
+        # etdump: record per-operator times (benchmarks/etdump_ops.py); write them with `write_etdump`
+        program = Runtime.get().load_program(str(pte), verification=Verification.Minimal, enable_etdump=etdump)
+        self._program = program
         self.max_seq_len = _checked_max_seq_len(program, pte, max_seq_len)
         self._vision = program.load_method("vision_encoder")
         self._embed = program.load_method("token_embedding")
         self._decoder = program.load_method("text_decoder")
+
+    def write_etdump(self, path: Path) -> None:
+        self._program.write_etdump_result_to_file(str(path), str(Path(path).with_suffix(".debug.bin")))
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._vision.execute([pixel_values.float().contiguous()])[0].clone()
