@@ -7,7 +7,7 @@ Each export runs in a fresh child process so its peak RSS is its own. Core ML bu
 weights (built on the meta device, materialised tensor by tensor into safetensors) and exports that.
 
     python benchmarks/export_targets.py                                   # tiny official fixture, all targets
-    python benchmarks/export_targets.py --real-shape --only executorch:8da4w --max-seq-len 512
+    python benchmarks/export_targets.py --real-shape --only executorch:8da4w --max-seq-len 512 [--vision-quant int8]
 """
 
 from __future__ import annotations
@@ -64,11 +64,12 @@ def make_real_shape_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def child_export(checkpoint: str, target: str, quant: str, out: str, max_seq_len: int, group_size: int) -> None:
+def child_export(checkpoint: str, target: str, quant: str, out: str, max_seq_len: int, group_size: int,
+                 vision_quant: str) -> None:
     from alignkd.export import export_bundle
 
     export_bundle(Path(checkpoint), target, quant, Path(out), max_seq_len=max_seq_len, group_size=group_size,
-                  overwrite=True, allow_drift=True)
+                  vision_quant=vision_quant if target == "executorch" else "fp32", overwrite=True, allow_drift=True)
 
 
 def time_backend(backend, tokenizer, image_config, threads: int) -> dict:
@@ -119,12 +120,13 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vision-quant", default="fp32", help="ExecuTorch vision encoder: fp32 or int8")
     ap.add_argument("--workdir", type=Path, default=None, help="keep bundles here (default: a temp folder)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--child-eager", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child_export(*args.child, args.max_seq_len, args.group_size)
+        return child_export(*args.child, args.max_seq_len, args.group_size, args.vision_quant)
     if args.child_eager:
         from alignkd.runtime.loader import load_model
 
@@ -144,19 +146,22 @@ def main() -> None:
     print(json.dumps({"target": "eager_pytorch", "scheme": "fp32", **base}), flush=True)
     for run in args.only or DEFAULT_RUNS:
         target, quant = run.split(":")
-        out = work / f"{target}_{quant}"
+        vision = args.vision_quant if target == "executorch" else "fp32"
+        out = work / f"{target}_{quant}" if vision == "fp32" else work / f"{target}_{quant}_vision{vision}"
         t0 = time.perf_counter()
+        # The export's stage lines (stderr) pass through: a 1.7B export runs for minutes.
         proc = subprocess.run([sys.executable, __file__, "--child", str(checkpoint), target, quant, str(out),
-                               "--max-seq-len", str(args.max_seq_len), "--group-size", str(args.group_size)],
-                              capture_output=True, text=True)
+                               "--max-seq-len", str(args.max_seq_len), "--group-size", str(args.group_size),
+                               "--vision-quant", vision], stdout=subprocess.PIPE, text=True)
         if proc.returncode:
-            print(json.dumps({"target": target, "scheme": quant, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
+            print(json.dumps({"target": target, "scheme": quant, "error": f"export exited {proc.returncode} (stderr above)"}), flush=True)
             continue
         manifest = json.loads((out / "manifest.json").read_text())
-        row = {"target": target, "scheme": quant, "model": model_name,
+        row = {"target": target, "scheme": quant, "vision": vision, "model": model_name,
                "bundle_mb": round(sum(f["bytes"] for f in manifest["files"].values()) / 1e6, 2),
                "export_s": manifest["export"]["seconds"], "wall_s": round(time.perf_counter() - t0, 1),
                "export_peak_rss_gb": round(manifest["export"]["peak_rss_bytes"] / 2**30, 2),
+               "export_stages_s": manifest["export"].get("stages"),
                "parity": summarise_parity(manifest["parity"])}
         if target != "coreml":
             loaded = load_bundle(out, threads=args.threads)

@@ -2,7 +2,8 @@
 
 Steps: validate every option and the output folder (before loading anything), create a hidden staging folder
 next to `out` (removing stale ones of killed exports), load the checkpoint, write the target's parts and the
-tokenizer files into it, load the staged bundle through the same runtime backend `alignkd generate` uses,
+tokenizer files into it (ExecuTorch: trace, drop the eager model, lower, reload it: lowering is the memory
+peak), load the staged bundle through the same runtime backend `alignkd generate` uses,
 measure parity against the eager model, write the manifest, then rename the staging folder to `out`. A failed
 export leaves no `out` behind. The checkpoint is only read; `--overwrite` replaces only a bundle.
 
@@ -11,6 +12,7 @@ export leaves no `out` behind. The checkpoint is only read; `--overwrite` replac
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import tempfile
@@ -98,11 +100,6 @@ def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embed
         from alignkd.export.gguf import export_gguf
 
         return export_gguf(model, tokenizer, model.config, model.config.image, staging, quant, vision_quant=vision_quant)
-    if target == "executorch":
-        from alignkd.export.executorch import export_executorch
-
-        return export_executorch(model, tokenizer, staging, quant, group_size=group_size, embedding_bits=embedding_bits,
-                                 vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration)
     if target == "onnx":
         from alignkd.export.onnx import export_onnx
 
@@ -117,11 +114,10 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
                   allow_drift: bool = False, calibration_images=None) -> Path:
     """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant` (None: the target's default,
     DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
-    import resource
-
     from alignkd.contract.manifest import load_schema
     from alignkd.export import manifest as mf
     from alignkd.export.output import clean_stale_staging, make_staging, swap_in
+    from alignkd.export.progress import Stages, peak_rss_bytes
     from alignkd.export.quantize import DEFAULT_SCHEME, check_backend, check_options
 
     t0 = time.perf_counter()
@@ -151,13 +147,30 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
 
     clean_stale_staging(out)
     staging = make_staging(out)
+    stages = Stages()
     try:
-        model, tokenizer = load_checkpoint(checkpoint)
+        with stages("load", str(checkpoint)):
+            model, tokenizer = load_checkpoint(checkpoint)
         tokenizer_files = _write_tokenizer(tokenizer, staging)
         calibration = _calibration(calibration_images, config.image) if vision_quant == "int8" or target == "executorch" else []
         t_parts = time.perf_counter()
-        parts = _export_parts(model, tokenizer, target, quant, staging, group_size=group_size, embedding_bits=embedding_bits,
-                              vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration)
+        options = dict(group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant,
+                       max_seq_len=max_seq_len, calibration=calibration)
+        if target == "executorch":
+            from alignkd.export.executorch import lower_executorch, trace_executorch
+
+            traced = trace_executorch(model, tokenizer, quant, stages=stages, **options)
+            # Lowering is the export's memory peak and the eager fp32 weights (5.4 GB of decoder at 1.7B) are not
+            # in the bundle: drop the model now and reload it for the parity check afterwards.
+            model = None
+            gc.collect()
+            lower_executorch(traced, staging, stages)
+            parts, traced = traced["parts"], None
+            with stages("reload", "the eager model, as the parity reference"):
+                model, _ = load_checkpoint(checkpoint)
+        else:
+            with stages("export", f"{target} {quant}"):
+                parts = _export_parts(model, tokenizer, target, quant, staging, **options)
         export_s = time.perf_counter() - t_parts
         extra = {}
         if target == "gguf":
@@ -175,9 +188,11 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
             export_info={"parts_seconds": round(export_s, 2), "versions": _versions(target), **extra},
         )
         manifest["files"] = mf.file_table(staging)
-        manifest["parity"] = _measure(model, tokenizer, config, staging, manifest, quant, allow_drift)
+        with stages("parity", "bundle vs eager on the golden pairs"):
+            manifest["parity"] = _measure(model, tokenizer, config, staging, manifest, quant, allow_drift)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 2)
-        manifest["export"]["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        manifest["export"]["peak_rss_bytes"] = peak_rss_bytes()
+        manifest["export"]["stages"] = stages.times
         mf.write_manifest(staging, manifest)
         swap_in(staging, out)
     except BaseException:

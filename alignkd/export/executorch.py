@@ -13,6 +13,7 @@ token than transformers' StaticCache decoder), with the checkpoint's LLaMA weigh
 from __future__ import annotations
 
 import copy
+import gc
 import re
 from pathlib import Path
 
@@ -163,34 +164,31 @@ def constant_methods(model, tokenizer, max_seq_len: int) -> dict:
     }
 
 
-def export_executorch(model, tokenizer, out: Path, quant: str, *, group_size: int, embedding_bits: int,
-                      vision_quant: str, max_seq_len: int, calibration: list[torch.Tensor]) -> dict:
-    """Write out/model.pte; returns the manifest's `parts` entries."""
-    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes import MemoryPlanningPass
-    from executorch.exir.passes.quant_fusion_pass import QuantFusionPass
-    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+def trace_executorch(model, tokenizer, quant: str, *, group_size: int, embedding_bits: int, vision_quant: str,
+                     max_seq_len: int, calibration: list[torch.Tensor], stages) -> dict:
+    """Quantise and torch.export the three methods. Returns {"programs", "constants", "parts"}; the programs hold
+    only what the bundle needs (quantised copies, the fp32 weights the bundle keeps), not the eager model, so the
+    caller can drop the model before lowering."""
     from torch.export import Dim
 
     cfg = model.config
     size, dim = cfg.image.size, cfg.llm.hidden_size
     pixels = calibration[0] if calibration else torch.zeros(1, 3, size, size)
-    # The XNNPACK-shaped encoder: one delegate for the whole graph (alignkd.export.vision_lowered).
-    vision = LoweredVisionEncoder(model).eval()
-    if vision_quant == "int8":
-        quantize_vision_dynamic(vision)
-    # Deep copies: quantization replaces modules in place and the eager model must stay the fp32 reference.
-    embedding = copy.deepcopy(TokenEmbedding(model)).eval()
-    decoder = build_decoder(model, max_seq_len)
-    if quant != "fp32":
-        quantize_decoder_linears(decoder, quant, group_size)
-        quantize_embedding(embedding, embedding_bits if quant == "8da4w" else 8, group_size)
+    with stages("quantise", f"decoder {quant}, vision {vision_quant}"):
+        # The XNNPACK-shaped encoder: one delegate for the whole graph (alignkd.export.vision_lowered).
+        vision = LoweredVisionEncoder(model).eval()
+        if vision_quant == "int8":
+            quantize_vision_dynamic(vision)
+        # Deep copy: quantization replaces modules in place and the eager model must stay the fp32 reference.
+        embedding = copy.deepcopy(TokenEmbedding(model)).eval()
+        decoder = build_decoder(model, max_seq_len)
+        if quant != "fp32":
+            quantize_decoder_linears(decoder, quant, group_size)
+            quantize_embedding(embedding, embedding_bits if quant == "8da4w" else 8, group_size)
 
     seq = Dim("seq", min=1, max=max_seq_len - 1)
     ids = torch.ones(1, 4, dtype=torch.long)
-    with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+    with stages("export", "torch.export of vision_encoder, token_embedding, text_decoder"), torch.no_grad():
         programs = {
             "vision_encoder": torch.export.export(vision, (pixels,), strict=False),
             "token_embedding": torch.export.export(embedding, (ids,), dynamic_shapes=({1: seq},), strict=False),
@@ -198,22 +196,60 @@ def export_executorch(model, tokenizer, out: Path, quant: str, *, group_size: in
             "text_decoder": torch.export.export(decoder, (torch.zeros(1, 4, dim), torch.tensor([0])),
                                                 dynamic_shapes=({1: seq}, None), strict=True),
         }
+    return {"programs": programs, "constants": constant_methods(model, tokenizer, max_seq_len),
+            "parts": _parts(cfg, quant, embedding_bits, vision_quant)}
+
+
+def lower_executorch(traced: dict, out: Path, stages) -> None:
+    """XNNPACK lowering and serialisation of `trace_executorch`'s programs into out/model.pte. Consumes
+    `traced["programs"]`: each stage drops what the next one no longer needs (the exported programs once
+    lowered, the edge programs once serialised), so their weights never sit in memory twice over."""
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.quant_fusion_pass import QuantFusionPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
     # Dynamic-quant linears first, one per partition (keeps packed and unpacked weights from coexisting).
     partitioners = [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
                     XnnpackPartitioner()]
-    edge = to_edge_transform_and_lower(
-        programs,
-        partitioner={"vision_encoder": [XnnpackPartitioner()], "token_embedding": [], "text_decoder": partitioners},
-        constant_methods=constant_methods(model, tokenizer, max_seq_len),
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
-    program = edge.to_executorch(ExecutorchBackendConfig(
-        extract_delegate_segments=True, passes=[QuantFusionPass()],
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
-    ))
-    (out / PTE_FILE).write_bytes(program.buffer)
-    n_img, vocab = cfg.num_image_tokens, cfg.llm.vocab_size
+    with stages("lower", "to_edge_transform_and_lower (XNNPACK); the longest stage"):
+        edge = to_edge_transform_and_lower(
+            traced.pop("programs"),
+            partitioner={"vision_encoder": [XnnpackPartitioner()], "token_embedding": [], "text_decoder": partitioners},
+            constant_methods=traced["constants"],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+        gc.collect()
+    with stages("serialise", f"to_executorch and {PTE_FILE}"):
+        program = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True, passes=[QuantFusionPass()],
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+        ))
+        del edge
+        gc.collect()
+        with open(out / PTE_FILE, "wb") as f:
+            program.write_to_file(f)
+        del program
+        gc.collect()
+
+
+def export_executorch(model, tokenizer, out: Path, quant: str, *, group_size: int, embedding_bits: int,
+                      vision_quant: str, max_seq_len: int, calibration: list[torch.Tensor], stages=None) -> dict:
+    """Write out/model.pte; returns the manifest's `parts` entries (trace and lower in one call)."""
+    from alignkd.export.progress import Stages
+
+    stages = stages or Stages()
+    traced = trace_executorch(model, tokenizer, quant, group_size=group_size, embedding_bits=embedding_bits,
+                              vision_quant=vision_quant, max_seq_len=max_seq_len, calibration=calibration, stages=stages)
+    lower_executorch(traced, out, stages)
+    return traced["parts"]
+
+
+def _parts(cfg, quant: str, embedding_bits: int, vision_quant: str) -> dict:
+    size, dim, n_img, vocab = cfg.image.size, cfg.llm.hidden_size, cfg.num_image_tokens, cfg.llm.vocab_size
     t = lambda name, shape, dtype: {"name": name, "shape": shape, "dtype": dtype}
     return {
         "vision_encoder": {"file": PTE_FILE, "method": "vision_encoder", "quant": vision_quant,
