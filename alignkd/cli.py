@@ -317,7 +317,7 @@ def export(
     embedding_bits: int = typer.Option(8, "--embedding-bits", help="ExecuTorch token embedding: 8 or 4 bits (quantized schemes)."),
     vision_quant: Optional[str] = typer.Option(None, "--vision-quant", help="Vision encoder: fp32 (default) or, ExecuTorch only, int8 (int8 linears, dynamic activations; image-token cosine >= 0.99 checked); gguf: fp32 or fp16 (default for quantised models)."),
     max_seq_len: int = typer.Option(1024, "--max-seq-len", help="KV-cache length of the decoder (prompt + image tokens + answer)."),
-    calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Images for int8 vision calibration (default: synthetic)."),
+    calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Example images for tracing the vision encoder (default: synthetic); the int8 encoder quantises activations at run time, so they calibrate nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder (only a folder holding an alignkd bundle and nothing else; others are refused)."),
     allow_drift: bool = typer.Option(False, "--allow-drift", help="Write a quantized bundle even below the parity thresholds."),
 ) -> None:
