@@ -118,6 +118,7 @@ def block_positions(image_positions: list[torch.Tensor], attention_mask: torch.T
         "vision_vision": (vision, vision),
         "text_text": (text, text),
         "full": (every, every),
+        "vision_text": (vision, text),  # causally empty: the released code's block (AttnBlock.vision_text)
     }
     rows, cols = choice[block]
     return rows, cols, text, vision

@@ -31,6 +31,9 @@ class AttnBlock(str, enum.Enum):
     vision_vision = "vision_vision"
     text_text = "text_text"
     full = "full"  # every non-padding query x key
+    # vision queries x text keys: the released code's block. Every such key follows its query, so the causal mask
+    # has zeroed it in both models and the term is a no-op (spec §1.2); kept to reproduce that behaviour.
+    vision_text = "vision_text"
 
 
 class Precision(str, enum.Enum):
@@ -78,6 +81,22 @@ class LossWeights:
 
 
 @dataclass
+class AttnTerm:
+    """One attention-distillation term: the (query x key) block of one decoder layer (negative counts from the end)."""
+
+    layer: int = 0
+    block: AttnBlock = AttnBlock.text_vision
+
+    def __post_init__(self):
+        try:
+            self.block = AttnBlock(self.block)
+        except ValueError:
+            raise AlignKDError(f"loss.attn_extra block {self.block!r} is not one of {', '.join(m.value for m in AttnBlock)}") from None
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise AlignKDError(f"loss.attn_extra layer {self.layer!r} must be an integer (0 = first layer, -1 = last)")
+
+
+@dataclass
 class LossConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     divergence: Divergence = Divergence.reverse
@@ -86,8 +105,29 @@ class LossConfig:
     attn_layer: int = 0
     attn_block: AttnBlock = AttnBlock.text_vision
     focus_k: int = 16
+    # Further attention terms beside (attn_layer, attn_block), each with the same weight: Table 4's
+    # "A1,t-v + A_last,all" is attn_extra: [{layer: -1, block: full}].
+    attn_extra: list[AttnTerm] = field(default_factory=list)
+    # A departure from the paper, off by default: divide each attention term's MSE by the mean square of its
+    # (head-mapped) teacher block, so it is O(1) instead of ~1e-7 (probabilities ~1/L) and not nearly inert.
+    attn_normalise: bool = False
+
+    def attn_terms(self) -> list[AttnTerm]:
+        """Every attention term, the paper's (attn_layer, attn_block) first."""
+        return [AttnTerm(self.attn_layer, self.attn_block), *self.attn_extra]
+
+    def check_layers(self, n_layers: int, who: str) -> None:
+        """Refuse a term or focus layer that `who` (a model with n_layers decoder layers) does not have."""
+        for term in self.attn_terms():
+            if not -n_layers <= term.layer < n_layers:
+                raise AlignKDError(f"loss attention term on layer {term.layer} ({term.block.value}): the {who} has "
+                                   f"{n_layers} decoder layers, so use a layer in {-n_layers}..{n_layers - 1} (-1 = last)")
 
     def __post_init__(self):
+        self.attn_extra = [t if isinstance(t, AttnTerm) else AttnTerm(**t) for t in self.attn_extra]
+        seen = [(t.layer, t.block) for t in self.attn_terms()]
+        if len(set(seen)) != len(seen):
+            raise AlignKDError(f"loss.attn_extra repeats an attention term {[(l, b.value) for l, b in seen]}; list each (layer, block) once")
         # accept plain strings from Python callers too, and fail with the valid choices
         for name, enum_cls in (("divergence", Divergence), ("kd_mask", KDMask), ("attn_block", AttnBlock)):
             try:

@@ -171,7 +171,11 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
         teacher.requires_grad_(False).to(accelerator.device, getattr(torch, cfg.teacher_dtype))
     if cfg.gradient_checkpointing:
         student.llm.activation_checkpointing_enable()
-    t_shape = (cache.num_heads, cache.hidden_size) if cache else (teacher.config.num_heads, teacher.config.hidden_size) if teacher else (None, None)
+    if cache is not None and cfg.loss.attn_extra:
+        raise AlignKDError(f"loss.attn_extra needs attention from other layers than layer 0, which teacher_cache {cfg.teacher_cache} "
+                           "does not hold; drop teacher_cache to run the teacher online, or drop loss.attn_extra")
+    t_shape = ((cache.num_heads, cache.hidden_size, None) if cache else
+               (teacher.config.num_heads, teacher.config.hidden_size, teacher.config.llm.num_hidden_layers) if teacher else (None, None, None))
     module = AlignKDModule(student, cfg.loss, *t_shape)
     if cfg.adapters_from:
         load_adapters(module, Path(cfg.adapters_from))

@@ -95,3 +95,63 @@ def test_ce_only_module(setup):
     terms = module(batch)
     torch.testing.assert_close(terms["loss"], terms["ce"])
     assert not hasattr(module, "head_adapter")
+
+
+def test_focus_selects_fewer_tokens_than_all_on_the_toy_presets(setup):
+    """With the toy presets' image tokens and the quickstart's K, L_V-focus is a selection, not L_V-all again
+    (with 9 tokens and K=16 the top-K was every token and the focus term repeated the all term)."""
+    from alignkd.quickstart import QuickstartConfig
+
+    student, teacher, batch = setup
+    k = QuickstartConfig().focus_k
+    assert 0 < k < student.config.num_image_tokens == teacher.config.num_image_tokens
+    cfg = LossConfig(focus_k=k)
+    module = AlignKDModule(student, cfg, teacher.config.num_heads, teacher.config.hidden_size)
+    t_out = run_teacher(teacher, batch, cfg)
+    terms = module(batch, t_out)
+    assert terms["vision_focus"].item() > 0
+    assert not torch.isclose(terms["vision_focus"], terms["vision_all"], rtol=1e-4)
+
+
+def test_extra_attention_term_on_the_last_layer(setup):
+    """Table 4's "A1,t-v + A_last,all": a second (layer, block) term with its own head adapter trains the last layer."""
+    from alignkd.distill.config import AttnTerm
+
+    student, teacher, batch = setup
+    base = LossConfig()
+    cfg = LossConfig(attn_extra=[{"layer": -1, "block": "full"}])
+    assert cfg.attn_terms()[1] == AttnTerm(-1, "full")
+    module = AlignKDModule(student, cfg, teacher.config.num_heads, teacher.config.hidden_size, teacher.config.llm.num_hidden_layers)
+    terms = module(batch, run_teacher(teacher, batch, cfg))
+    plain = AlignKDModule(student, base, teacher.config.num_heads, teacher.config.hidden_size)(batch, run_teacher(teacher, batch, base))
+    assert terms["attn"].item() > plain["attn"].item()
+    g = _grads(module, terms["attn"])
+    last = len(student.llm.model.layers) - 1
+    assert g[f"student.llm.model.layers.{last}.self_attn.q_proj.weight"] > 0 and g["extra_head_adapters.0.weight"] > 0
+
+
+def test_attention_term_on_a_layer_the_model_lacks_is_refused(setup):
+    from alignkd.errors import AlignKDError
+
+    student, teacher, _ = setup
+    cfg = LossConfig(attn_extra=[{"layer": 7, "block": "full"}])
+    with pytest.raises(AlignKDError, match="on layer 7 \\(full\\): the student has 2 decoder layers"):
+        AlignKDModule(student, cfg, teacher.config.num_heads, teacher.config.hidden_size, teacher.config.llm.num_hidden_layers)
+    with pytest.raises(AlignKDError, match="repeats an attention term"):
+        LossConfig(attn_extra=[{"layer": 0, "block": "text_vision"}])
+    with pytest.raises(AlignKDError, match="block 'diagonal' is not one of"):
+        LossConfig(attn_extra=[{"layer": 0, "block": "diagonal"}])
+
+
+def test_released_vision_text_block_is_a_no_op_and_normalising_scales_the_term(setup):
+    """The released code's vision-query x text-key block is causally empty: no gradient reaches the student. The
+    normalised term (a departure) is the same MSE divided by the teacher block's mean square: order 1, not ~1e-5."""
+    student, teacher, batch = setup
+    cfg = LossConfig(attn_block="vision_text")
+    module = AlignKDModule(student, cfg, teacher.config.num_heads, teacher.config.hidden_size)
+    g = _grads(module, module(batch, run_teacher(teacher, batch, cfg))["attn"])
+    assert g["student.llm.model.layers.0.self_attn.q_proj.weight"] == 0 and g["student.mm_projector.mlp.2.weight"] == 0
+    raw, norm = LossConfig(), LossConfig(attn_normalise=True)
+    a = AlignKDModule(student, raw, teacher.config.num_heads, teacher.config.hidden_size)(batch, run_teacher(teacher, batch, raw))["attn"]
+    b = AlignKDModule(student, norm, teacher.config.num_heads, teacher.config.hidden_size)(batch, run_teacher(teacher, batch, norm))["attn"]
+    assert 0 < a.item() < 1e-2 and b.item() > 100 * a.item()
