@@ -102,7 +102,12 @@ def _turn(rng: random.Random, scene: dict) -> tuple[str, str]:
         q = ask(rng, scene, "arith")
         return (f"{q['question']}\n{SHORT_ANSWER}", q["answer"]) if style == "short" \
             else (q["question"], q["full_answer"])
-    style = rng.choices(("short", "verify", "ocr", "choice", "long", "caption"), weights=(5, 3, 2, 3, 2, 1))[0]
+    # Mostly short questions that need the image; "exist" is POPE's question, a yes/no about one object class
+    # (half present, half absent), asked often because it is the comparison the toy teacher learns last.
+    style = rng.choices(("short", "exist", "verify", "ocr", "choice", "long", "caption"), weights=(5, 4, 3, 2, 3, 1, 1))[0]
+    if style == "exist":
+        q = ask(rng, scene, "exist")
+        return f"{q['question']}\n{SHORT_ANSWER}", q["answer"].capitalize()
     if style == "verify":
         pair = verify_pair(rng, scene, rng.choice(MME_TRAIN_CATEGORIES))
         if pair is not None:

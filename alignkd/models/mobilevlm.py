@@ -283,11 +283,12 @@ def synth_clip() -> CLIPVisionConfig:
     return tiny_clip(image_size=96, patch=8, hidden=64, layers=3, heads=4)
 
 
-# The toy presets' LDPv2 pools the 12x12 grid to 3x3: one image token per cell of the synthetic scenes' 3x3
-# layout, the cell means the toy CLIP is pre-trained to read. 9 image tokens instead of 144 halve the
-# teacher's step time on 2 cores (docs/quickstart.md). The official 24x24 -> 12x12
-# pool stays covered by the official tiny fixture (`mobilevlm_tiny`) and the real presets.
-SYNTH_POOLED_GRID = 3
+# The toy presets' LDPv2 pools the toy CLIP's 12x12 grid to 6x6 (a 2x2 pool, as the real 24x24 -> 12x12):
+# 36 image tokens, four per cell of the synthetic scenes' 3x3 layout. More tokens than the focus term's K
+# (the paper's 16 of 144 scaled to 4 of 36), so its text-driven selection is a real choice.
+# The official pool stays covered by the official tiny fixture (`mobilevlm_tiny`) and the real presets.
+SYNTH_POOLED_GRID = 6
+SYNTH_FOCUS_K = 4  # the paper's K = 16 of 144 image tokens, scaled to 36
 
 
 def synth_teacher(vocab=1024) -> MobileVLMConfig:

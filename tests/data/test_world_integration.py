@@ -26,7 +26,7 @@ def test_teacher_and_student_differ_where_7b_and_1_7b_do():
     assert teacher.vision.to_dict() == student.vision.to_dict()
     assert teacher.image == student.image
     assert teacher.hidden_size != student.hidden_size and teacher.num_heads != student.num_heads
-    assert teacher.num_image_tokens == student.num_image_tokens == 9  # one token per scene cell (SYNTH_POOLED_GRID)
+    assert teacher.num_image_tokens == student.num_image_tokens == 36  # four tokens per scene cell (SYNTH_POOLED_GRID)
 
 
 @pytest.mark.parametrize("template,data", [("v1", "finetune.json"), ("plain", "pretrain.json")])

@@ -33,20 +33,20 @@ def test_unknown_preset():
 
 
 def test_pooled_grid_round_trips_through_config_json(tmp_path):
-    """The toy presets' 3x3 pool is saved under our own key; official 12x12 configs stay byte-for-byte official."""
+    """The toy presets' 6x6 pool is saved under our own key; official 12x12 configs stay byte-for-byte official."""
     from alignkd.models.checkpoint import config_to_official, load_config
     from alignkd.models.mobilevlm import POOLED_GRID_KEY
 
     from dataclasses import replace
 
     real = get_preset("mobilevlm_v2_1_7b")
-    assert get_preset("synth_student").pooled_grid == get_preset("synth_teacher").pooled_grid == 3
+    assert get_preset("synth_student").pooled_grid == get_preset("synth_teacher").pooled_grid == 6
     assert POOLED_GRID_KEY not in config_to_official(real)
-    raw = config_to_official(replace(real, pooled_grid=3))  # the real CLIP config is built in: no vision_tower/ needed
-    assert raw[POOLED_GRID_KEY] == 3
+    raw = config_to_official(replace(real, pooled_grid=6))  # the real CLIP config is built in: no vision_tower/ needed
+    assert raw[POOLED_GRID_KEY] == 6
     (tmp_path / "config.json").write_text(json.dumps(raw))
     loaded = load_config(tmp_path)
-    assert loaded.pooled_grid == 3 and loaded.num_image_tokens == 9 and POOLED_GRID_KEY not in loaded.extra
+    assert loaded.pooled_grid == 6 and loaded.num_image_tokens == 36 and POOLED_GRID_KEY not in loaded.extra
     raw[POOLED_GRID_KEY] = 0
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(AlignKDError, match=f"{POOLED_GRID_KEY}=0 must be a positive integer"):
