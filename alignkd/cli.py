@@ -349,7 +349,11 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for everything the run writes (re-running continues)."),
     seed: int = typer.Option(0, "--seed"),
     vision_steps: int = typer.Option(1500, "--vision-steps", min=1, help="Pre-training steps of the toy CLIP (batch 32; ~0.07 s each on 2 cores)."),
-    teacher_steps: int = typer.Option(1000, "--teacher-steps", min=1, help="Optimizer steps of the toy teacher (batch 8; ~0.25 s each on 2 cores)."),
+    train_teacher: bool = typer.Option(False, "--train-teacher", help="Pre-train the toy CLIP and train the toy teacher here (and write "
+                                       "its teacher_record.json) instead of starting from the shipped teacher."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Start from this teacher folder (OUT/teacher/student of a "
+                                           "--train-teacher run; its record must match the world) instead of the shipped one."),
+    teacher_steps: int = typer.Option(3000, "--teacher-steps", min=1, help="With --train-teacher: optimizer steps of the toy teacher (batch 8)."),
     student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
     blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "
                                "(question-only control: how much of each score is language prior)."),
@@ -362,12 +366,48 @@ def quickstart(
         from alignkd.quickstart import QuickstartConfig, format_summary, quickstart as run_quickstart
 
         trained = ("teacher", "student CE-only", "student Align-KD")
+        if teacher is not None and train_teacher:
+            raise AlignKDError("--teacher and --train-teacher exclude each other: start from a trained teacher, or train one")
         summary = run_quickstart(out, QuickstartConfig(seed=seed, vision_steps=vision_steps, teacher_steps=teacher_steps,
+                                                       train_teacher=train_teacher, teacher=str(teacher) if teacher else None,
                                                        student_steps=student_steps, blind=trained if blind else (),
                                                        shuffled=trained if shuffled else ()))
     except AlignKDError as err:
         _fail(err)
     print(json.dumps(summary) if as_json else format_summary(summary))
+
+
+@app.command()
+def reproduce(
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Folder for the world, every row's students and scores (re-running continues)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: 2 seeds, 60 student steps, 40 questions per benchmark (not the protocol)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per row (default 3; --quick 2; at least 2)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Comma-separated row names (default: every row; see docs/reproduction.md)."),
+    student_steps: Optional[int] = typer.Option(None, "--student-steps", help="Steps of every student (default 300; --quick 60)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="A teacher folder with a matching teacher_record.json (default: the shipped one)."),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="docs/reproduction.md to write the table and plot into (default: that file when "
+                                        "run from the repository, else nowhere)."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"rows": [{"name", "seeds", "mean", "std", ...}]} instead of the table.'),
+) -> None:
+    """The paper's ablations in miniature (Tables 3 and 4, forward vs reverse KL, lambda, the released code): seeds, means, intervals."""
+    try:
+        from alignkd.quickstart import QuickstartConfig
+        from alignkd.reproduce import ReproduceConfig, format_table, reproduce as run_reproduce
+
+        kw = {"quickstart": QuickstartConfig(teacher=str(teacher) if teacher else None)}
+        for key, value in (("seeds", seeds), ("student_steps", student_steps)):
+            if value is not None:
+                kw[key] = value
+        if rows:
+            kw["rows"] = tuple(r.strip() for r in rows.split(",") if r.strip())
+        default_doc = Path("docs/reproduction.md")
+        kw["docs"] = docs if docs is not None else (default_doc if default_doc.is_file() else None)
+        cfg = ReproduceConfig.quick(**kw) if quick else ReproduceConfig(**kw)
+        log = (lambda line: print(line, file=sys.stderr)) if as_json else print
+        result = run_reproduce(out, cfg, log=log)
+    except AlignKDError as err:
+        _fail(err)
+    print(json.dumps({"rows": result["rows"], **{k: v for k, v in result.items() if k != "rows"}}) if as_json else format_table(result))
 
 
 BENCH_OPT = typer.Option("gqa,sqa,textvqa,mme,mmbench,pope", "--bench", help="Comma-separated benchmarks.")

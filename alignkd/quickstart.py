@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkd.errors import AlignKDError
+from alignkd.models.mobilevlm import SYNTH_FOCUS_K
+
+SHIPPED_TEACHER = Path(__file__).parent / "assets" / "synth_teacher"  # written by `alignkd quickstart --train-teacher`
+RECORD = "teacher_record.json"
 
 
 @dataclass
@@ -27,14 +31,14 @@ class QuickstartConfig:
     """Sizes chosen so the whole run fits in ~15 minutes on 2 cores (see docs/quickstart.md for timings)."""
 
     seed: int = 0
-    train_images: int = 4000  # 4,100 fine-tuning records: the teacher's 1,000 x 8 samples see each about twice
+    train_images: int = 8000  # 8,100 fine-tuning records: the teacher's TEACHER_STEPS x 8 samples see each a few times
     eval_questions: int = 100  # GQA/SQA/TextVQA; MME 10 images x 2 per category; MMBench 40 (+ circular copies); POPE 60 per subset
     vision_steps: int = 1500  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
     vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
-    teacher_steps: int = 1000  # batch 8; ~4 min, leaving the 15-minute budget a margin (docs/quickstart.md)
+    teacher_steps: int = 3000  # batch 8; only with train_teacher (the shipped teacher's record says what it ran)
     student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
-    teacher_lr: float = 3e-4  # at 1e-3 the focused image probe (toy_grounding.py) is back at the majority answer by step 1,750
+    teacher_lr: float = 1e-3  # peak of the recipe's cosine schedule (the constant-lr probe in toy_grounding.py drifts at 1e-3)
     student_lr: float = 1e-3
     exports: tuple[tuple[str, str], ...] = (("executorch", "8da4w"), ("onnx", "fp32"), ("coreml", "fp16"))
     profile_runs: int = 3
@@ -43,12 +47,22 @@ class QuickstartConfig:
     blind: tuple[str, ...] = ()  # models also evaluated with every image blanked (question-only control), e.g. ("teacher",)
     # Models also evaluated with every question asked about another image of its benchmark: whether they look.
     shuffled: tuple[str, ...] = ("teacher", "student CE-only", "student Align-KD")
+    # False: start from a teacher trained once (`teacher`, default the shipped one) after checking its record
+    # matches this world; True: pre-train the toy CLIP and train the teacher here, and write its record.
+    train_teacher: bool = False
+    teacher: str | None = None  # a teacher folder with teacher_record.json; None: the one shipped in alignkd/assets
+    focus_k: int = SYNTH_FOCUS_K
     extra: dict = field(default_factory=dict)
 
     def sizes(self) -> dict:
         """What decides the content of OUT: a re-run must ask for the same, or it would reuse other models."""
-        keys = ("seed", "train_images", "eval_questions", "vision_steps", "vision_scenes", "teacher_steps", "student_steps",
-                "batch_size", "teacher_lr", "student_lr")
+        keys = ("seed", "train_images", "eval_questions", "student_steps", "batch_size", "student_lr", "focus_k", "train_teacher")
+        keys += ("vision_steps", "vision_scenes", "teacher_steps", "teacher_lr") if self.train_teacher else ("teacher",)
+        return {k: getattr(self, k) for k in keys}
+
+    def teacher_record(self) -> dict:
+        """What a trained teacher's record must repeat for the teacher to fit this run (besides the world's hash)."""
+        keys = ("seed", "train_images", "vision_steps", "vision_scenes", "teacher_steps", "batch_size", "teacher_lr")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -92,7 +106,7 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
         "data": {"train": str(world / "train" / "finetune.json"), "image_root": str(world / "train" / "images")},
         "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": 100, "max_steps": steps, "seed": cfg.seed,
         "freeze_vision_tower": True, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
-        "tensorboard": True,
+        "tensorboard": True, "loss": {"focus_k": cfg.focus_k},
     }
     return from_dict(TrainConfig, data)
 
@@ -153,19 +167,24 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
     kd, ce = out / "student_alignkd", out / "student_ce"
 
     step("synthetic world", world / "world.json", lambda: synthesize(world, _world_config(cfg), overwrite=True))
-    step("pre-train the toy CLIP", vision / "report.json",
-         lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
-    step("train the toy teacher (toy CLIP frozen)", teacher / "student" / "config.json",
-         lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
-                                      cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
+    if cfg.train_teacher:
+        teacher_ckpt = teacher / "student"
+        step("pre-train the toy CLIP", vision / "report.json",
+             lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
+        step("train the toy teacher (toy CLIP frozen)", teacher_ckpt / "config.json",
+             lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
+                                          cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
+    else:
+        teacher_ckpt = Path(cfg.teacher) if cfg.teacher else SHIPPED_TEACHER
+        check_teacher(teacher_ckpt, world, cfg)  # not a step: a mismatch is fixed by other options, not by re-running
     step("distil the student with Align-KD", kd / "student" / "config.json",
-         lambda: _train(_train_config(kd, world, preset="synth_student", teacher=teacher / "student", cfg=cfg,
-                                      vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
+         lambda: _train(_train_config(kd, world, preset="synth_student", teacher=teacher_ckpt, cfg=cfg,
+                                      vision_from=teacher_ckpt, steps=cfg.student_steps, lr=cfg.student_lr)))
     step("train the CE-only student (same steps, same seed)", ce / "student" / "config.json",
          lambda: _train(_train_config(ce, world, preset="synth_student", teacher=None, cfg=cfg,
-                                      vision_from=teacher / "student", steps=cfg.student_steps, lr=cfg.student_lr)))
+                                      vision_from=teacher_ckpt, steps=cfg.student_steps, lr=cfg.student_lr)))
     untrained = out / "student_untrained"
-    step("untrained student (the floor)", untrained / "config.json", lambda: _save_untrained(untrained, world, teacher, cfg))
+    step("untrained student (the floor)", untrained / "config.json", lambda: _save_untrained(untrained, world, teacher_ckpt, cfg))
 
     bundles = {}
     for target, quant in cfg.exports:
@@ -173,7 +192,7 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
         bundles[f"{target}-{quant}"] = folder
         step(f"export {target} {quant}", folder / "manifest.json", lambda t=target, q=quant, f=folder: _export(kd / "student", t, q, f))
 
-    models = dict(zip(TRAINED, (untrained, teacher / "student", ce / "student", kd / "student")))
+    models = dict(zip(TRAINED, (untrained, teacher_ckpt, ce / "student", kd / "student")))
     models.update({f"Align-KD {name}": path for name, path in bundles.items() if _runnable(path)})
     evals = {}
     for name, path in models.items():
@@ -191,8 +210,59 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
         profiles[name] = step(f"profile {name}", None, lambda p=path, pl=plot: _profile(p, pl, cfg))
 
     summary = _summary(out, cfg, evals, profiles, bundles, step.times, time.perf_counter() - t_start)
+    summary["teacher"] = str(teacher_ckpt)
+    if cfg.train_teacher:  # the record that lets later runs start from this teacher (and refuse it on another world)
+        write_teacher_record(teacher_ckpt, world, cfg, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def world_hash(world: Path) -> str:
+    """sha256 over what decides a teacher's training data: world.json, the fine-tuning records and the tokenizer."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ("world.json", "train/finetune.json", "tokenizer/tokenizer.model"):
+        h.update(rel.encode() + b"\0" + (world / rel).read_bytes())
+    return h.hexdigest()
+
+
+def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summary: dict) -> dict:
+    """teacher_record.json next to the teacher's weights: how it was trained, on what, and what it scored."""
+    sizes = cfg.teacher_record()
+    command = " ".join(["alignkd quickstart --train-teacher", *(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items()
+                                                                 if k in ("seed", "vision_steps", "teacher_steps"))])
+    record = {"command": command, **sizes, "preset": "synth_teacher", "world_hash": world_hash(world),
+              "train_seconds": summary["step_seconds"].get("train the toy teacher (toy CLIP frozen)"),
+              "scores": {name: summary["accuracy"][name] for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)
+                         if summary["accuracy"].get(name)},
+              "looking": summary["looking"].get("teacher"),
+              "ce_student": summary["accuracy"].get("student CE-only")}
+    for row in record["scores"].values():
+        row.pop("answers", None)
+    if record["ce_student"]:
+        record["ce_student"] = {k: v for k, v in record["ce_student"].items() if k != "answers"}
+    (teacher / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def check_teacher(teacher: Path, world: Path, cfg: QuickstartConfig) -> dict:
+    """Refuse a teacher trained on another world (or with other sizes) in one sentence; return its record."""
+    if not (teacher / "config.json").is_file():
+        raise AlignKDError(f"the teacher {teacher} is not a checkpoint folder (no config.json); pass a folder written by "
+                           "`alignkd quickstart --train-teacher` (OUT/teacher/student), or --train-teacher to train one")
+    if not (teacher / RECORD).is_file():
+        raise AlignKDError(f"the teacher {teacher} has no {RECORD}, so nothing says which world it was trained on; "
+                           "train one with `alignkd quickstart --train-teacher`")
+    record = json.loads((teacher / RECORD).read_text())
+    want = {**cfg.teacher_record(), "world_hash": world_hash(world)}
+    if record.get("world_hash") != want["world_hash"] or record.get("seed") != cfg.seed or record.get("train_images") != cfg.train_images:
+        differ = ", ".join(f"{k}: {record.get(k)} in the record, {want[k]} here" for k in ("seed", "train_images", "world_hash")
+                           if record.get(k) != want[k])
+        raise AlignKDError(f"the teacher {teacher} was trained on another synthetic world ({differ}); use the world it was "
+                           f"trained on (`{record.get('command', 'its record')}`) or train a teacher for this one with "
+                           "`alignkd quickstart --train-teacher`")
+    return record
 
 
 def _save_untrained(folder: Path, world: Path, teacher: Path, cfg: QuickstartConfig) -> None:
@@ -203,7 +273,7 @@ def _save_untrained(folder: Path, world: Path, teacher: Path, cfg: QuickstartCon
     from alignkd.models.checkpoint import save_checkpoint
 
     torch.manual_seed(cfg.seed)
-    model, tok = load_spec(ModelSpec(preset="synth_student", tokenizer=str(world / "tokenizer"), vision_tower_from=str(teacher / "student")))
+    model, tok = load_spec(ModelSpec(preset="synth_student", tokenizer=str(world / "tokenizer"), vision_tower_from=str(teacher)))
     save_checkpoint(model, tok, folder)
 
 

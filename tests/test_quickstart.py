@@ -1,15 +1,19 @@
 """The whole pipeline at toy size: world -> teacher -> both students -> ONNX export -> eval -> profile -> summary."""
 
 import json
+from dataclasses import replace
 
-from alignkd.quickstart import QuickstartConfig, format_summary, quickstart
+import pytest
+
+from alignkd.errors import AlignKDError
+from alignkd.quickstart import RECORD, SHIPPED_TEACHER, QuickstartConfig, check_teacher, format_summary, quickstart, world_hash
 
 
 def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     # eval_questions=20: POPE then has 2 images, the fewest the shuffled-image control can swap
     cfg = QuickstartConfig(train_images=24, eval_questions=20, vision_steps=2, vision_scenes=16, teacher_steps=2,
                            student_steps=2, batch_size=4, exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4,
-                           blind=("teacher",), shuffled=("teacher",))
+                           blind=("teacher",), shuffled=("teacher",), train_teacher=True)
     summary = quickstart(tmp_path, cfg)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["verdict"] == summary["verdict"] and "Align-KD" in summary["verdict"]
@@ -32,10 +36,41 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     assert json.loads((tmp_path / "vision" / "report.json").read_text())["config"]["steps"] == 2
     assert (tmp_path / "bundles" / "onnx-fp32" / "manifest.json").is_file()
     assert "Accuracy on the synthetic suite" in format_summary(summary)
+    # --train-teacher leaves the record that lets later runs start from this teacher
+    record = json.loads((tmp_path / "teacher" / "student" / RECORD).read_text())
+    assert record["command"].startswith("alignkd quickstart --train-teacher") and record["teacher_steps"] == 2
+    assert record["world_hash"] == world_hash(tmp_path / "world") and record["looking"] == summary["looking"]["teacher"]
+    assert record["scores"]["teacher"]["average"] == summary["accuracy"]["teacher"]["average"]
     # a second run finds every training and export step done and skips it
     again = quickstart(tmp_path, cfg)
     assert "train the toy teacher" not in again["step_seconds"] and "export onnx fp32" not in again["step_seconds"]
     assert again["accuracy"]["student Align-KD"]["table"] == summary["accuracy"]["student Align-KD"]["table"]
+    # that teacher is accepted on its own world and refused, in one sentence, on another
+    teacher = tmp_path / "teacher" / "student"
+    check_teacher(teacher, tmp_path / "world", replace(cfg, train_teacher=False))
+    with pytest.raises(AlignKDError, match="was trained on another synthetic world \\(train_images: 24 in the record, 40 here"):
+        check_teacher(teacher, tmp_path / "world", replace(cfg, train_teacher=False, train_images=40))
+    (tmp_path / "world" / "world.json").write_text("{}")
+    with pytest.raises(AlignKDError, match="world_hash: .* in the record, .* here\\); use the world it was trained on"):
+        check_teacher(teacher, tmp_path / "world", replace(cfg, train_teacher=False))
+
+
+def test_a_teacher_without_record_is_refused(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    with pytest.raises(AlignKDError, match="has no teacher_record.json, so nothing says which world"):
+        check_teacher(tmp_path / "teacher", tmp_path, QuickstartConfig())
+    with pytest.raises(AlignKDError, match="is not a checkpoint folder"):
+        check_teacher(tmp_path / "nowhere", tmp_path, QuickstartConfig())
+
+
+def test_the_shipped_teacher_fits_the_default_world():
+    """The shipped teacher's record names the quickstart's default sizes (the world hash is checked at run time)."""
+    record = json.loads((SHIPPED_TEACHER / RECORD).read_text())
+    assert {k: record[k] for k in QuickstartConfig().teacher_record()} == QuickstartConfig(
+        teacher_steps=record["teacher_steps"]).teacher_record()
+    assert record["command"].startswith("alignkd quickstart --train-teacher")
+    assert (SHIPPED_TEACHER / "model.safetensors").stat().st_size < 10_000_000
 
 
 def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
@@ -43,9 +78,9 @@ def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
 
     from alignkd.errors import AlignKDError
 
-    (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig().sizes()))
-    with pytest.raises(AlignKDError, match="teacher_steps: 1000 there, 900 asked") as err:
-        quickstart(tmp_path, QuickstartConfig(teacher_steps=900))
+    (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig(train_teacher=True).sizes()))
+    with pytest.raises(AlignKDError, match="teacher_steps: 3000 there, 900 asked") as err:
+        quickstart(tmp_path, QuickstartConfig(teacher_steps=900, train_teacher=True))
     assert "another --out" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.json"]  # nothing started
 

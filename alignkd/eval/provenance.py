@@ -81,7 +81,10 @@ def _hash_other(path: Path, h) -> None:
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
-    top = [p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES + _SMALL_SUFFIXES]
+    # A teacher's teacher_record.json (alignkd.quickstart) says how it was trained and what it scored, which is
+    # written after its evaluation: it does not change the model's answers, so it is not part of its identity.
+    top = [p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES + _SMALL_SUFFIXES
+           and p.name != "teacher_record.json"]
     tower = [p for p in (folder / "vision_tower").rglob("*") if p.is_file()] if (folder / "vision_tower").is_dir() else []
     return sorted(top + tower)
 
