@@ -353,7 +353,7 @@ def quickstart(
                                        "its teacher_record.json) instead of starting from the shipped teacher."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Start from this teacher folder (OUT/teacher/student of a "
                                            "--train-teacher run; its record must match the world) instead of the shipped one."),
-    teacher_steps: int = typer.Option(3000, "--teacher-steps", min=1, help="With --train-teacher: optimizer steps of the toy teacher (batch 8)."),
+    teacher_steps: int = typer.Option(2000, "--teacher-steps", min=1, help="With --train-teacher: optimizer steps of the toy teacher (batch 8)."),
     student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
     blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "
                                "(question-only control: how much of each score is language prior)."),

@@ -35,7 +35,7 @@ class QuickstartConfig:
     eval_questions: int = 100  # GQA/SQA/TextVQA; MME 10 images x 2 per category; MMBench 40 (+ circular copies); POPE 60 per subset
     vision_steps: int = 1500  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
     vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
-    teacher_steps: int = 3000  # batch 8; only with train_teacher (the shipped teacher's record says what it ran)
+    teacher_steps: int = 2000  # batch 8; only with train_teacher (the shipped teacher was trained with this)
     student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
     teacher_lr: float = 1e-3  # peak of the recipe's cosine schedule (the constant-lr probe in toy_grounding.py drifts at 1e-3)
@@ -244,6 +244,26 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
         record["ce_student"] = {k: v for k, v in record["ce_student"].items() if k != "answers"}
     (teacher / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def pack_teacher(src: Path, dst: Path = SHIPPED_TEACHER) -> Path:
+    """Copy a --train-teacher teacher (OUT/teacher/student) to `dst` with fp16 weights (half the bytes: a few MB) and
+    its record, noting the rounding in it. How the shipped teacher was made:
+    `python -c "from alignkd.quickstart import pack_teacher; pack_teacher(Path('OUT/teacher/student'))"`."""
+    import shutil
+
+    import torch
+
+    from alignkd.models.checkpoint import load_checkpoint, save_checkpoint
+
+    record = json.loads((src / RECORD).read_text())
+    model, tok = load_checkpoint(src)
+    if dst.exists():
+        shutil.rmtree(dst)
+    save_checkpoint(model, tok, dst, dtype=torch.float16)
+    record["stored"] = "fp16 weights (loaded as fp32); the scores are the fp32 teacher's before rounding"
+    (dst / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return dst
 
 
 def check_teacher(teacher: Path, world: Path, cfg: QuickstartConfig) -> dict:

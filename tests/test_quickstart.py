@@ -79,7 +79,7 @@ def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
     from alignkd.errors import AlignKDError
 
     (tmp_path / "quickstart.json").write_text(json.dumps(QuickstartConfig(train_teacher=True).sizes()))
-    with pytest.raises(AlignKDError, match="teacher_steps: 3000 there, 900 asked") as err:
+    with pytest.raises(AlignKDError, match="teacher_steps: 2000 there, 900 asked") as err:
         quickstart(tmp_path, QuickstartConfig(teacher_steps=900, train_teacher=True))
     assert "another --out" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.json"]  # nothing started
