@@ -175,6 +175,8 @@ def reproduce(out: Path, cfg: ReproduceConfig | None = None, log=print) -> dict:
     cfg = cfg or ReproduceConfig()
     qs = cfg.quickstart or QuickstartConfig()
     out = Path(out)
+    if cfg.docs is not None:  # before any training: a docs file that cannot take the table is found now, not at the end
+        _check_docs(Path(cfg.docs))
     world = out / "world"
     t0 = time.perf_counter()
     if not (world / "world.json").is_file():
@@ -242,13 +244,18 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_docs(doc: Path, result: dict) -> None:
-    """Replace the block between the markers in docs/reproduction.md with this run's table; plot beside it."""
+def _check_docs(doc: Path) -> str:
     if not doc.is_file():
         raise AlignKDError(f"{doc} does not exist; the protocol must be written there before the numbers (pass --docs PATH of it)")
     text = doc.read_text()
     if BEGIN not in text or END not in text:
         raise AlignKDError(f"{doc} has no {BEGIN} ... {END} block for the table; add one after the protocol")
+    return text
+
+
+def write_docs(doc: Path, result: dict) -> None:
+    """Replace the block between the markers in docs/reproduction.md with this run's table; plot beside it."""
+    text = _check_docs(doc)
     image = doc.with_name("reproduction.png")
     plot(result, image)
     teacher = result["teacher"]["scores"] or {}

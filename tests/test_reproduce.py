@@ -44,6 +44,9 @@ def test_bad_requests_are_one_sentence(tmp_path):
     doc.write_text("# protocol only\n")
     with pytest.raises(AlignKDError, match="has no <!-- reproduce:begin -->"):
         write_docs(doc, {"rows": []})
+    with pytest.raises(AlignKDError, match="has no <!-- reproduce:begin -->"):  # refused before anything is trained
+        reproduce(tmp_path / "out", ReproduceConfig(docs=doc))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,23 @@ def test_tiny_end_to_end(tiny):
     # every student is cached: a second run trains nothing and gives the same rows
     again = reproduce(out, cfg, log=lambda line: None)
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in result["rows"]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seeds", "1"], "error: --seeds 1: a spread and a paired interval need at least 2 seeds; use --seeds 2 or more"),
+    (["--rows", "CE only,A1 v-t"], "error: row 'A1 v-t' is not one this code can express; choose among: CE only, "),
+    (["--teacher", "nowhere"], "is not a checkpoint folder (no config.json)"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    if args[0] == "--teacher":  # the world is written before the teacher is checked: give it a tiny one
+        from alignkd.data.synth_world import SynthConfig, synthesize
+
+        synthesize(tmp_path / "world", SynthConfig.tiny(), overwrite=True)
+    (tmp_path / "r.md").write_text("protocol\n<!-- reproduce:begin -->\n<!-- reproduce:end -->\n")
+    result = CliRunner().invoke(app, ["reproduce", "--out", str(tmp_path), "--docs", str(tmp_path / "r.md"), *args])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "rows").exists()
