@@ -227,6 +227,10 @@ def world_hash(world: Path) -> str:
     return h.hexdigest()
 
 
+def _scores_only(evaluation: dict | None) -> dict | None:
+    return {k: v for k, v in evaluation.items() if k != "answers"} if evaluation else None
+
+
 def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summary: dict) -> dict:
     """teacher_record.json next to the teacher's weights: how it was trained, on what, and what it scored."""
     sizes = cfg.teacher_record()
@@ -234,14 +238,10 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
                                                                  if k in ("seed", "vision_steps", "teacher_steps"))])
     record = {"command": command, **sizes, "preset": "synth_teacher", "world_hash": world_hash(world),
               "train_seconds": summary["step_seconds"].get("train the toy teacher (toy CLIP frozen)"),
-              "scores": {name: summary["accuracy"][name] for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)
+              "scores": {name: _scores_only(summary["accuracy"][name]) for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)
                          if summary["accuracy"].get(name)},
               "looking": summary["looking"].get("teacher"),
-              "ce_student": summary["accuracy"].get("student CE-only")}
-    for row in record["scores"].values():
-        row.pop("answers", None)
-    if record["ce_student"]:
-        record["ce_student"] = {k: v for k, v in record["ce_student"].items() if k != "answers"}
+              "ce_student": _scores_only(summary["accuracy"].get("student CE-only"))}
     (teacher / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
