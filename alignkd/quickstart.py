@@ -231,6 +231,14 @@ def _scores_only(evaluation: dict | None) -> dict | None:
     return {k: v for k, v in evaluation.items() if k != "answers"} if evaluation else None
 
 
+def pope_subsets(world: Path, evaluation: dict) -> dict:
+    """{subset: {"f1", "yes_ratio"}} of one evaluation's POPE answers: whether a model answers yes to everything."""
+    from alignkd.eval.pope import BENCHMARK
+
+    score = BENCHMARK.score_file(world / "eval", Path(evaluation["answers"]) / "pope.jsonl")
+    return {name: {"f1": round(m["f1"], 1), "yes_ratio": round(m["yes_ratio"], 1)} for name, m in score["subsets"].items()}
+
+
 def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summary: dict) -> dict:
     """teacher_record.json next to the teacher's weights: how it was trained, on what, and what it scored."""
     sizes = cfg.teacher_record()
@@ -241,6 +249,7 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
               "scores": {name: _scores_only(summary["accuracy"][name]) for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)
                          if summary["accuracy"].get(name)},
               "looking": summary["looking"].get("teacher"),
+              "pope_subsets": pope_subsets(world, summary["accuracy"]["teacher"]) if "pope" in cfg.benches else None,
               "ce_student": _scores_only(summary["accuracy"].get("student CE-only"))}
     (teacher / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
