@@ -227,6 +227,11 @@ def world_hash(world: Path) -> str:
     return h.hexdigest()
 
 
+def _train_seconds(path: Path) -> float | None:
+    """The recipe's own training time (a re-run that skipped the training step still knows it)."""
+    return round(json.loads(path.read_text())["seconds"], 1) if path.is_file() else None
+
+
 def _scores_only(evaluation: dict | None) -> dict | None:
     return {k: v for k, v in evaluation.items() if k != "answers"} if evaluation else None
 
@@ -245,7 +250,7 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
     command = " ".join(["alignkd quickstart --train-teacher", *(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items()
                                                                  if k in ("seed", "vision_steps", "teacher_steps"))])
     record = {"command": command, **sizes, "preset": "synth_teacher", "world_hash": world_hash(world),
-              "train_seconds": summary["step_seconds"].get("train the toy teacher (toy CLIP frozen)"),
+              "train_seconds": _train_seconds(teacher.parent / "train_summary.json"),
               "scores": {name: _scores_only(summary["accuracy"][name]) for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)
                          if summary["accuracy"].get(name)},
               "looking": summary["looking"].get("teacher"),
