@@ -44,8 +44,8 @@ ROWS = (
     # Table 3, cumulative: each row adds one term to the one above
     Row("CE only", None),
     Row("+ reverse-KL logit KD", _w(kd=1.0), "CE only"),
-    Row("+ attention (layer 0, text->vision)", _w(kd=1.0, attn=1.0), "+ reverse-KL logit KD"),
-    Row("+ vision-all", _w(kd=1.0, attn=1.0, vision_all=1.0), "+ attention (layer 0, text->vision)"),
+    Row("+ attention (layer-0 text->vision)", _w(kd=1.0, attn=1.0), "+ reverse-KL logit KD"),
+    Row("+ vision-all", _w(kd=1.0, attn=1.0, vision_all=1.0), "+ attention (layer-0 text->vision)"),
     Row("+ vision-focus (Align-KD)", ALIGNKD, "+ vision-all"),
     # Table 4: full Align-KD, only the attention target changes (compared with text->vision, the row above)
     Row("attention vision->vision", {**ALIGNKD, "attn_block": "vision_vision"}, "+ vision-focus (Align-KD)"),
@@ -62,7 +62,7 @@ ROWS = (
     Row("normalised attention (departure)", {**ALIGNKD, "attn_normalise": True}, "+ vision-focus (Align-KD)",
         "NOT the paper: each attention MSE divided by its teacher block's mean square"),
 )
-ROW_NAMES = tuple(r.name for r in ROWS)
+ROW_NAMES = tuple(r.name for r in ROWS)  # no commas: --rows is comma-separated (tests/test_reproduce.py)
 # Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1); beyond the table, the normal 1.96.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}

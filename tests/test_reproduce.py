@@ -35,6 +35,12 @@ def test_summary_pairs_rows_by_seed_and_says_when_they_separate():
     assert table.splitlines()[0].startswith("| row | GQA | POPE | Avg |") and "vs CE only" in table
 
 
+def test_every_row_can_be_named_on_the_command_line_and_compares_with_an_earlier_row():
+    names = [r.name for r in ROWS]
+    assert not any("," in n for n in names) and len(set(names)) == len(names)
+    assert all(r.versus is None or names.index(r.versus) < names.index(r.name) for r in ROWS)
+
+
 def test_bad_requests_are_one_sentence(tmp_path):
     with pytest.raises(AlignKDError, match="at least 2 seeds"):
         ReproduceConfig(seeds=1)
