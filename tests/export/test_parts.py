@@ -22,18 +22,18 @@ def test_vision_encoder_truncated_equals_eager(official, fixture_dir):
 
 
 def test_vision_encoder_pools_the_toy_grid_with_a_plain_avg_pool():
-    """The synthetic presets' toy CLIP (96 px, 8 px patches: 12x12) pools to 3x3: avg_pool2d(4), equal to the eager model."""
+    """The synthetic presets' toy CLIP (96 px, 8 px patches: 12x12) pools to 6x6: avg_pool2d(2), equal to the eager model."""
     from alignkd.models.mobilevlm import MobileVLM, get_preset
 
     torch.manual_seed(0)
     model = MobileVLM(get_preset("synth_student")).eval()
     enc = VisionEncoder(model)
-    assert (enc.grid, enc.pooled) == (12, 3)
+    assert (enc.grid, enc.pooled) == (12, 6)
     pixels = torch.randn(2, 3, 96, 96)
     assert check_vision_encoder(model, pixels) < 1e-5
     graph = torch.export.export(enc, (pixels[:1],)).graph_module.code
     assert "avg_pool2d" in graph and "adaptive" not in graph
-    assert enc(pixels[:1]).shape == (1, 9, model.config.hidden_size)
+    assert enc(pixels[:1]).shape == (1, 36, model.config.hidden_size)
 
 
 def test_vision_encoder_on_equal_grids_skips_the_pool():
