@@ -94,7 +94,7 @@ def run_teacher(teacher, batch: dict, loss: LossConfig) -> TeacherOutputs:
     for term in loss.attn_extra if need_attn else ():
         r, c, _, _ = block_positions(spliced.image_positions, spliced.attention_mask, term.block.value)
         extra.append((caps[term.layer].probs(r, c, spliced.attention_mask), r, c))
-    return TeacherOutputs(out.logits, block, tv, spliced.image_features, rows, cols, text, vision, extra)
+    return TeacherOutputs(out.logits, block, tv, spliced.image_features, rows, cols, text, vision, extra=extra)
 
 
 def _touch(module: nn.Module) -> torch.Tensor:
