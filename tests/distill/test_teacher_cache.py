@@ -219,6 +219,12 @@ def test_other_loss_settings_and_top_k_are_refused(world, teacher_ckpt, small_da
         _train_from(tmp_path, world, teacher_ckpt, small_data, tmp_path)
 
 
+def test_extra_attention_terms_are_refused_with_a_cache(world, teacher_ckpt, small_data, cache16, tmp_path):
+    """The cache holds the layer-0 block only: a last-layer term (loss.attn_extra) needs the teacher online."""
+    with pytest.raises(AlignKDError, match=r"loss.attn_extra needs attention from other layers than layer 0, which teacher_cache"):
+        _train_from(cache16, world, teacher_ckpt, small_data, tmp_path, loss={"attn_extra": [{"layer": -1, "block": "full"}]})
+
+
 def test_a_changed_record_is_refused_at_its_entry(world, teacher_ckpt, small_data, cache16):
     _, tok = load_spec(ModelSpec(preset="synth_student", tokenizer=str(world / "tokenizer")))
     ds = LlavaDataset(small_data, world / "train" / "images", tok, get_preset("synth_student").image)
