@@ -26,7 +26,7 @@ def test_two_processes_give_the_single_process_answers_in_question_order(suite, 
     # --multi_gpu, not --cpu: accelerate starts one process for `--cpu --num_processes 2` (it wants mpirun for more);
     # torch.distributed.run starts two, and without a GPU they talk over gloo
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
                            "-m", "alignkd", "eval", str(model), "--bench", ",".join(BENCHES), "--data", str(suite),
                            "--out", str(tmp_path / "two"), "--limit", str(LIMIT), "--max-new-tokens", str(CAP), "--json"],
                           capture_output=True, text=True, timeout=300, env=env)
