@@ -49,11 +49,12 @@ def test_paper_config_plans_from_config_json_only_and_shards_below_ddp(tmp_path,
     """The paper's stage 1 with nothing on disk but the two config.json files (the real 7B / 1.7B shapes)."""
     from alignkd.models.checkpoint import config_to_official
 
-    for name, preset in (("MobileVLM_V2-7B", "mobilevlm_v2_7b"), ("MobileVLM_V2-1.7B", "mobilevlm_v2_1_7b")):
-        (tmp_path / "checkpoints" / name).mkdir(parents=True)
-        (tmp_path / "checkpoints" / name / "config.json").write_text(json.dumps(config_to_official(get_preset(preset))))
     monkeypatch.chdir(tmp_path)
     cfg = load_config(TrainConfig, _paper())
+    # the folders the config names (stage 1's student is init-student's output, the teacher the released 7B)
+    for spec, preset in ((cfg.teacher, "mobilevlm_v2_7b"), (cfg.student, "mobilevlm_v2_1_7b")):
+        (tmp_path / spec.path).mkdir(parents=True)
+        (tmp_path / spec.path / "config.json").write_text(json.dumps(config_to_official(get_preset(preset))))
     result = plan(cfg, gpus=8, gpu_mem_gb=40)
     rows = result["strategies"]
     assert result["seq"] == 2048 and 6.5e9 < result["teacher_params"] < 7.5e9 and 1.5e9 < result["student_params"] < 1.9e9
