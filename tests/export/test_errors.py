@@ -60,16 +60,21 @@ def test_missing_checkpoint(tmp_path):
         export_bundle(tmp_path / "nowhere", "onnx", "fp32", tmp_path / "b")
 
 
-def test_missing_backend_names_extra(checkpoint, tmp_path, monkeypatch):
+def _hide_module(monkeypatch, module: str) -> None:
+    """Make `module` (and its submodules) fail to import, as if its extra were not installed."""
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):
-        if name == "coremltools" or name.startswith("coremltools."):
-            raise ImportError("No module named 'coremltools'")
+        if name == module or name.startswith(module + "."):
+            raise ImportError(f"No module named '{module}'")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
+
+
+def test_missing_backend_names_extra(checkpoint, tmp_path, monkeypatch):
+    _hide_module(monkeypatch, "coremltools")
     with pytest.raises(AlignKDError, match=r"pip install 'alignkd\[coreml\]'"):
         export_bundle(checkpoint, "coreml", "fp16", tmp_path / "b")
 
@@ -78,15 +83,7 @@ def test_missing_llama_cpp_names_the_gguf_extra(checkpoint, tmp_path, monkeypatc
     from alignkd.models.checkpoint import load_config
 
     load_config(checkpoint)  # transformers' lazy imports go through importlib.import_module(name, package): load it first
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "llama_cpp" or name.startswith("llama_cpp."):
-            raise ImportError("No module named 'llama_cpp'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
+    _hide_module(monkeypatch, "llama_cpp")
     with pytest.raises(AlignKDError, match=r"the gguf export needs the '(gguf|llama_cpp)' package.*pip install 'alignkd\[gguf\]'"):
         export_bundle(checkpoint, "gguf", "q4_k_s", tmp_path / "b")
 
