@@ -79,6 +79,7 @@ class ReproduceConfig:
     quickstart: object = None  # a QuickstartConfig: the world and teacher (default: the quickstart's own)
     docs: Path | None = None  # docs/reproduction.md to fill in (None: leave the docs alone)
     label: str = "full protocol"
+    jobs: int = 1  # students trained at once, each in its own process with cores / jobs threads (2 on 2 cores)
 
     @classmethod
     def quick(cls, **kw) -> "ReproduceConfig":
@@ -93,6 +94,8 @@ class ReproduceConfig:
             raise AlignKDError(f"row {unknown[0]!r} is not one this code can express; choose among: {', '.join(ROW_NAMES)}")
         if self.student_steps < 1:
             raise AlignKDError(f"--student-steps {self.student_steps} must be at least 1")
+        if self.jobs < 1:
+            raise AlignKDError(f"--jobs {self.jobs} must be at least 1 (students trained at once; 2 suits 2 cores)")
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float, float]:
@@ -184,17 +187,16 @@ def reproduce(out: Path, cfg: ReproduceConfig | None = None, log=print) -> dict:
     teacher = Path(qs.teacher) if qs.teacher else SHIPPED_TEACHER
     record = check_teacher(teacher, world, qs)
     rows = [r for r in ROWS if r.name in cfg.rows]
+    tasks = [(row, seed) for row in rows for seed in range(cfg.seeds)]
+    pending = [(row, seed) for row, seed in tasks if not _done(out, row, seed).is_file()]
+    if cfg.jobs > 1 and len(pending) > 1:
+        _run_parallel(pending, out, world, teacher, cfg, qs, log)
     runs: dict[str, list[dict]] = {}
-    for row in rows:
-        for seed in range(cfg.seeds):
-            done = out / "rows" / _row_slug(row.name) / f"seed-{seed}" / "scores.json"
-            if not done.is_file():
-                started = time.perf_counter()
-                student = _student(row, seed, out, world, teacher, cfg, qs)
-                done.write_text(json.dumps({"seed": seed, **_scores(student, world, cfg, qs),
-                                            "seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
-            runs.setdefault(row.name, []).append(json.loads(done.read_text()))
-            log(f"{row.name} seed {seed}: average {runs[row.name][-1]['average']:.1f}")
+    for row, seed in tasks:
+        if not _done(out, row, seed).is_file():
+            _task(row, seed, out, world, teacher, cfg, qs)
+        runs.setdefault(row.name, []).append(json.loads(_done(out, row, seed).read_text()))
+        log(f"{row.name} seed {seed}: average {runs[row.name][-1]['average']:.1f}")
     result = {"label": cfg.label, "seeds": cfg.seeds, "student_steps": cfg.student_steps, "eval_questions": cfg.eval_questions,
               "teacher": {"path": str(teacher), "scores": record.get("scores", {}).get("teacher")},
               "rows": summarise(rows, runs), "seconds": round(time.perf_counter() - t0, 1)}
@@ -202,6 +204,54 @@ def reproduce(out: Path, cfg: ReproduceConfig | None = None, log=print) -> dict:
     if cfg.docs is not None:
         write_docs(Path(cfg.docs), result)
     return result
+
+
+def _done(out: Path, row: Row, seed: int) -> Path:
+    """Written last, so a student interrupted before its scores is trained (or continued) again on the next run."""
+    return out / "rows" / _row_slug(row.name) / f"seed-{seed}" / "scores.json"
+
+
+def _task(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: ReproduceConfig, qs) -> str:
+    started = time.perf_counter()
+    student = _student(row, seed, out, world, teacher, cfg, qs)
+    scores = {"seed": seed, **_scores(student, world, cfg, qs), "seconds": round(time.perf_counter() - started, 1)}
+    _done(out, row, seed).write_text(json.dumps(scores, indent=1) + "\n")
+    return f"{row.name} seed {seed}: trained and scored in {scores['seconds']:.0f} s"
+
+
+def _worker_init(threads: int) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; the main process logs each student
+
+
+def _run_parallel(pending, out, world, teacher, cfg, qs, log) -> None:
+    """Train the pending students `cfg.jobs` at a time, each process on cores // jobs threads: small students
+    use two single-threaded processes better than one two-threaded one. A failure stops the run; the students
+    finished so far are kept and a re-run continues."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_task, row, seed, out, world, teacher, cfg, qs): (row, seed) for row, seed in pending}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                row, seed = futures[future]
+                err = future.exception()
+                if isinstance(err, AlignKDError):
+                    raise AlignKDError(f"row {row.name!r} seed {seed}: {err}") from err
+                raise err
+        for future in futures:
+            log(future.result())
 
 
 BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"

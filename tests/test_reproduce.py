@@ -1,6 +1,7 @@
 """`alignkd reproduce`: the statistics, the table, the refusals, and one tiny end-to-end run (2 rows x 2 seeds)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -109,8 +110,25 @@ def test_tiny_end_to_end(tiny):
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in result["rows"]]
 
 
+def test_parallel_jobs_give_the_serial_rows(tiny, tmp_path):
+    out, qs = tiny
+    cfg = ReproduceConfig(seeds=2, student_steps=2, rows=("CE only", "+ reverse-KL logit KD"), quickstart=qs)
+    serial = reproduce(out, cfg, log=lambda line: None)  # cached by test_tiny_end_to_end when run in the same module
+    run = tmp_path / "parallel"
+    run.mkdir()
+    (run / "world").symlink_to(out / "world")
+    lines = []
+    parallel = reproduce(run, replace(cfg, jobs=2), log=lines.append)
+    assert sum("trained and scored" in line for line in lines) == 4  # every student came from a worker
+    assert [r["name"] for r in parallel["rows"]] == [r["name"] for r in serial["rows"]]
+    for p, s in zip(parallel["rows"], serial["rows"]):
+        assert [x["seed"] for x in p["seeds"]] == [0, 1]
+        assert p["mean"] == pytest.approx(s["mean"], abs=1e-6)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "1"], "error: --seeds 1: a spread and a paired interval need at least 2 seeds; use --seeds 2 or more"),
+    (["--jobs", "0"], "error: --jobs 0 must be at least 1"),
     (["--rows", "CE only,A1 v-t"], "error: row 'A1 v-t' is not one this code can express; choose among: CE only, "),
     (["--teacher", "nowhere"], "is not a checkpoint folder (no config.json)"),
 ])
