@@ -58,6 +58,9 @@ def main(argv=None) -> dict:
                     "`alignkd data pretrain-vision` (default: random init)")
     ap.add_argument("--scene-as-text", action="store_true", help="state the scene's objects in the prompt instead of "
                     "showing the image (the language model alone)")
+    ap.add_argument("--turns", type=int, default=1, help="questions per training sequence about the same scene "
+                    "(multi-turn, as the fine-tuning records; the held-out set stays single-turn)")
+    ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the constant LR")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -85,9 +88,16 @@ def main(argv=None) -> dict:
     model.vision_tower.requires_grad_(not args.frozen_vision)
     processor = ImageProcessor(config.image)
 
-    def sample(rng: random.Random):
+    def sample(rng: random.Random, turns: int = 1):
         scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
         question, answer = _question(rng, scene, args.question)
+        if turns > 1 and not args.scene_as_text:
+            convo = [{"from": "human", "value": f"<image>\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
+            for _ in range(turns - 1):
+                q, a = _question(rng, scene, args.question)
+                convo += [{"from": "human", "value": f"{q}\n{SHORT}"}, {"from": "gpt", "value": a}]
+            ex = tokenize_conversation(convo, "v1", tok, has_image=True)
+            return Example(answer, ex.input_ids, ex.labels, processor([render_scene(scene)]))
         if args.scene_as_text:
             listed = ", ".join(f"{o['color']} {o['shape']}" for o in scene["objects"])
             turns = [{"from": "human", "value": f"Scene: {listed}.\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
@@ -108,6 +118,7 @@ def main(argv=None) -> dict:
     val_batch = batch(val)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
     rng, curve, t0 = random.Random(f"{args.seed}/train"), [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
@@ -124,11 +135,12 @@ def main(argv=None) -> dict:
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
         if step == args.steps:
             break
-        loss = model(**batch([sample(rng) for _ in range(args.batch)])).loss
+        loss = model(**batch([sample(rng, args.turns) for _ in range(args.batch)])).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
     result = {"model": "synth_teacher", **vars(args), "majority_acc": round(majority, 4), "curve": curve}
     print(json.dumps(result))
     return result
