@@ -24,6 +24,7 @@ from alignkd.models.mobilevlm import SYNTH_FOCUS_K
 
 SHIPPED_TEACHER = Path(__file__).parent / "assets" / "synth_teacher"  # written by `alignkd quickstart --train-teacher`
 RECORD = "teacher_record.json"
+TEACHER_SAVE_EVERY = 250  # the teacher trains for an hour or more: a killed run continues from its last checkpoint
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _world_config(cfg: QuickstartConfig):
 
 
 def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path, steps: int,
-                  lr: float, cfg: QuickstartConfig):
+                  lr: float, cfg: QuickstartConfig, save_every: int | None = None):
     from alignkd.config import from_dict
     from alignkd.distill.config import TrainConfig
 
@@ -106,7 +107,7 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
         "data": {"train": str(world / "train" / "finetune.json"), "image_root": str(world / "train" / "images")},
         "output_dir": str(out), "batch_size": cfg.batch_size, "epochs": 100, "max_steps": steps, "seed": cfg.seed,
         "freeze_vision_tower": True, "optim": {"lr": lr, "projector_lr": lr, "warmup_ratio": 0.05},
-        "tensorboard": True, "loss": {"focus_k": cfg.focus_k},
+        "tensorboard": True, "loss": {"focus_k": cfg.focus_k}, "save_every": save_every,
     }
     return from_dict(TrainConfig, data)
 
@@ -173,7 +174,7 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
              lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
         step("train the toy teacher (toy CLIP frozen)", teacher_ckpt / "config.json",
              lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
-                                          cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr)))
+                                          cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr, save_every=TEACHER_SAVE_EVERY)))
     else:
         teacher_ckpt = Path(cfg.teacher) if cfg.teacher else SHIPPED_TEACHER
         check_teacher(teacher_ckpt, world, cfg)  # not a step: a mismatch is fixed by other options, not by re-running

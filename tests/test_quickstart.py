@@ -73,6 +73,17 @@ def test_the_shipped_teacher_fits_the_default_world():
     assert (SHIPPED_TEACHER / "model.safetensors").stat().st_size < 10_000_000
 
 
+def test_the_shipped_teacher_was_trained_on_the_default_world(tmp_path):
+    """A change to the world generator (or the tokenizer) must come with a retrained teacher: caught here, not by a
+    user's first `alignkd quickstart` (about 20 s: the default world's 8,000 training images are rendered)."""
+    from alignkd.data.synth_world import synthesize
+    from alignkd.quickstart import _world_config
+
+    synthesize(tmp_path / "world", _world_config(QuickstartConfig()), overwrite=True)
+    record = check_teacher(SHIPPED_TEACHER, tmp_path / "world", QuickstartConfig())
+    assert record["world_hash"] == world_hash(tmp_path / "world")
+
+
 def test_rerun_with_other_sizes_is_refused_before_any_work(tmp_path):
     import pytest
 
