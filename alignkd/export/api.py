@@ -238,12 +238,13 @@ def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str
     vision = manifest["parts"]["vision_encoder"]["quant"] if manifest["target"] == "executorch" else None
     result = {"measured": True, "thresholds": parity.thresholds(quant, vision), "allow_drift": allow_drift,
               "parts": parity.part_parity(eager, bundle, pixels, ids),
-              "end_to_end": parity.end_to_end(eager, judged, tokenizer, config.image)}
+              "end_to_end": parity.end_to_end(eager, judged, tokenizer, config.image),
+              "answers": parity.answer_parity(eager, judged, tokenizer, config.image)}
     if manifest["target"] == "gguf":
         from alignkd.export.gguf import image_path_parity
 
         result.update(image_path_parity(eager, bundle, model, tokenizer, config, pixels))
-    ok, misses = parity.judge(quant, result["end_to_end"], vision, result["parts"])
+    ok, misses = parity.judge(quant, result["end_to_end"], vision, result["parts"], result["answers"])
     result["passed"] = ok
     if not ok and not allow_drift:
         raise AlignKDError(f"the {manifest['target']} {quant} bundle drifts from the eager model ({'; '.join(misses)}); "

@@ -4,8 +4,14 @@ Per part (vision encoder, token embedding, decoder prefill logits on the eager p
 error, cosine and PSNR against eager fp32. End to end, on the golden image+prompt pairs, through the same
 generation loop `alignkd generate` uses: greedy tokens for up to `MAX_NEW_TOKENS` steps from both (fp32
 bundles must match exactly), and a teacher-forced pass (the bundle fed the eager tokens) giving per-step
-argmax agreement and logit cosine. Thresholds are the named constants below; export fails under them
-unless `--allow-drift`.
+argmax agreement and logit cosine. And the answers a bundle is used for (`answer_parity`): POPE-style
+yes/no questions about objects the golden images show or lack, in LLaVA's short-answer prompt, where the
+first answer token is the answer; a bundle must keep the eager model's answer on the prompts the eager model
+answers "Yes" or "No". A trained model's yes/no answers are often near ties decided by the language prior
+(the same margin on every question), so a 4-bit bundle can flip all of them at once while its per-step
+token agreement and logit cosine stay high; random-weight models answer no prompt with yes or no, so this
+floor binds trained weights only. Thresholds are the named constants below;
+export fails under them unless `--allow-drift`.
 
     python -m pytest tests/export -k parity
 """
@@ -24,9 +30,22 @@ MIN_TOKEN_AGREEMENT = {"fp32": 1.0, "fp16": 0.9, "8da8w": 0.8, "int8": 0.8, "8da
                        "f32": 1.0, "f16": 0.9, "q8_0": 0.8, "q4_0": 0.4, "q4_k_s": 0.4}
 MIN_LOGIT_COSINE = {"fp32": 0.99999, "fp16": 0.999, "8da8w": 0.99, "int8": 0.99, "8da4w": 0.95, "int4": 0.95, "palettize4": 0.95,
                     "f32": 0.99999, "f16": 0.999, "q8_0": 0.99, "q4_0": 0.95, "q4_k_s": 0.95}
+# Minimum share of the eager model's yes/no answers a bundle keeps (answer_parity).
+MIN_ANSWER_AGREEMENT = {"fp32": 1.0, "fp16": 1.0, "8da8w": 0.9, "int8": 0.9, "8da4w": 0.75, "int4": 0.75, "palettize4": 0.75,
+                        "f32": 1.0, "f16": 1.0, "q8_0": 0.9, "q4_0": 0.75, "q4_k_s": 0.75}
+# Minimum share of the eager model's yes/no logit margin a bundle keeps on average (answer_parity's margin_kept).
+MIN_MARGIN_KEPT = {"fp32": 0.99, "fp16": 0.95, "8da8w": 0.9, "int8": 0.9, "8da4w": 0.8, "int4": 0.8, "palettize4": 0.8,
+                   "f32": 0.99, "f16": 0.95, "q8_0": 0.9, "q4_0": 0.8, "q4_k_s": 0.8}
 EXACT_SCHEMES = ("fp32", "f32")  # full precision: greedy tokens must equal the eager model's
 # Minimum cosine of the bundle's image tokens against eager fp32, per vision scheme (the issue-17 bar for int8).
 MIN_IMAGE_TOKEN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+# Yes/no questions per golden image (objects it shows, then ones it lacks), POPE's wording and LLaVA's short-answer
+# suffix: the first answer token is the answer.
+YES_NO_OBJECTS = (("red circle", "blue square", "yellow circle", "red triangle"),
+                  ("green triangle", "red circle", "yellow square", "blue circle"),
+                  ("blue square", "red circle", "yellow triangle", "green circle"))
+YES_NO_SUFFIX = "\nAnswer the question using a single word or phrase."
+YES_NO_WORDS = ("yes", "no")  # the eager first tokens that count as answers (decoded, stripped, any case)
 GOLDEN_QUESTIONS = ("What shapes can you see in this picture?", "What colour is the largest object?",
                     "Describe the image in one sentence.")
 
@@ -137,10 +156,63 @@ def end_to_end(eager, bundle, tokenizer, image_config, template: str = "v1", pai
     }
 
 
-def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None = None) -> tuple[bool, list[str]]:
+def yes_no_pairs() -> list[tuple[object, str]]:
+    """(image, question) for every object of YES_NO_OBJECTS on its golden image."""
+    return [(image, f"Is there a {name} in the image?{YES_NO_SUFFIX}")
+            for image, names in zip(golden_images(), YES_NO_OBJECTS) for name in names]
+
+
+def yes_no_ids(tokenizer) -> dict[str, list[int]]:
+    """{"yes": ids, "no": ids}: every vocabulary piece that reads yes or no (any case, with or without the space mark)."""
+    pieces = tokenizer.pieces(range(tokenizer.vocab_size))
+    return {word: [i for i, p in enumerate(pieces) if p.replace("\u2581", "").lower() == word] for word in YES_NO_WORDS}
+
+
+@torch.inference_mode()
+def answer_parity(eager, bundle, tokenizer, image_config, template: str = "v1") -> dict:
+    """First answer token of eager and bundle on each yes/no prompt (one prefill each). On the prompts the eager
+    model answers with a yes or no piece: how many answers the bundle keeps, and how much of the eager model's
+    logit margin between its answer and the opposite one (best piece of each) it keeps on average
+    (`margin_kept`: 1 = the same, 0 = a tie, negative = flipped). None of it when the eager model answers no
+    prompt with yes or no (random weights)."""
+    from alignkd.data.image import ImageProcessor
+    from alignkd.data.templates import tokenize_with_image
+    from alignkd.runtime.generation import build_prompt, splice_prompt
+
+    processor, words, rows = ImageProcessor(image_config), yes_no_ids(tokenizer), []
+    for image, question in yes_no_pairs():
+        ids, pixels = tokenize_with_image(build_prompt(question, 1, template), tokenizer), processor([image])
+        ref = eager.prefill(splice_prompt(eager, ids, pixels)[0]).double()
+        got = bundle.prefill(splice_prompt(bundle, ids, pixels)[0]).double()
+        top = int(ref.argmax())
+        row = {"question": question.removesuffix(YES_NO_SUFFIX), "eager_token": top, "bundle_token": int(got.argmax()),
+               "eager_prob": float(ref.softmax(-1)[top]), "bundle_prob": float(got.softmax(-1)[top])}
+        answer = next((w for w in YES_NO_WORDS if top in words[w]), None)
+        if answer is not None and all(words.values()):
+            other = words[YES_NO_WORDS[answer == YES_NO_WORDS[0]]]
+            margin = lambda logits: float(logits[words[answer]].max() - logits[other].max())
+            row.update(answer=answer, eager_margin=margin(ref), bundle_margin=margin(got))
+        rows.append(row)
+    answered = [r for r in rows if "answer" in r]
+    kept = sum(r["bundle_token"] == r["eager_token"] for r in answered)
+    eager_margin = sum(r["eager_margin"] for r in answered)
+    return {"prompts": rows, "first_token_agreement": sum(r["bundle_token"] == r["eager_token"] for r in rows) / len(rows),
+            "answered": len(answered), "kept": kept, "answer_agreement": kept / len(answered) if answered else None,
+            "margin_kept": sum(r["bundle_margin"] for r in answered) / eager_margin if answered and eager_margin > 0 else None}
+
+
+def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None = None,
+          answers: dict | None = None) -> tuple[bool, list[str]]:
     """Whether the figures meet the scheme's thresholds (and the vision scheme's image-token floor when `parts`
-    holds the vision encoder's metrics), with one reason per miss."""
+    holds the vision encoder's metrics, and the answer floor when `answers` holds `answer_parity`'s), with one
+    reason per miss."""
     misses = []
+    if answers and answers["answer_agreement"] is not None and answers["answer_agreement"] < MIN_ANSWER_AGREEMENT[scheme]:
+        misses.append(f"the bundle keeps the eager yes/no answer on {answers['kept']} of {answers['answered']} prompts "
+                      f"({answers['answer_agreement']:.2f} < {MIN_ANSWER_AGREEMENT[scheme]})")
+    if answers and answers["margin_kept"] is not None and answers["margin_kept"] < MIN_MARGIN_KEPT[scheme]:
+        misses.append(f"the bundle keeps {answers['margin_kept']:.2f} of the eager model's yes/no logit margin "
+                      f"(< {MIN_MARGIN_KEPT[scheme]}), so near-tie yes/no answers flip")
     image = (parts or {}).get("vision_encoder")
     if vision in MIN_IMAGE_TOKEN_COSINE and image is not None and image["cosine"] < MIN_IMAGE_TOKEN_COSINE[vision]:
         misses.append(f"{vision} image-token cosine {image['cosine']:.5f} < {MIN_IMAGE_TOKEN_COSINE[vision]}")
@@ -155,6 +227,8 @@ def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None 
 
 def thresholds(scheme: str, vision: str | None = None) -> dict:
     out = {"min_token_agreement": MIN_TOKEN_AGREEMENT[scheme], "min_logit_cosine": MIN_LOGIT_COSINE[scheme],
+           "min_answer_agreement": MIN_ANSWER_AGREEMENT[scheme],
+           "min_margin_kept": MIN_MARGIN_KEPT[scheme],
            "exact_tokens": scheme in EXACT_SCHEMES}
     if vision in MIN_IMAGE_TOKEN_COSINE:
         out["min_image_token_cosine"] = MIN_IMAGE_TOKEN_COSINE[vision]
