@@ -179,6 +179,10 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
             extra["llama_cpp"] = llama_cpp_info()
         scheme = {"scheme": quant, "group_size": group_size, "vision": vision_quant if target != "coreml" else "fp16",
                   "embedding_bits": (embedding_bits if quant == "8da4w" else 8 if quant == "8da8w" else None)}
+        if (target, quant) in (("executorch", "8da4w"), ("onnx", "int4")):
+            from alignkd.export.quantize import LM_HEAD_BITS
+
+            scheme["lm_head_bits"] = LM_HEAD_BITS
         if target == "gguf":  # llama.cpp's types fix their own block sizes and embedding type
             scheme = {"scheme": quant, "vision": vision_quant, "embedding_bits": None}
         manifest = mf.build_manifest(

@@ -25,6 +25,7 @@ from alignkd.export.quantize import quantize_decoder_linears, quantize_embedding
 from alignkd.export.vision_lowered import LoweredVisionEncoder
 
 PTE_FILE = "model.pte"
+LM_HEAD = "transformer.output"  # the llama transformer's output projection in TextDecoder (int8: quantize.LM_HEAD_BITS)
 METHODS = ("vision_encoder", "token_embedding", "text_decoder")
 # transformers LLaMA key -> ExecuTorch llama_transformer key (the llava example's map)
 _KEY_MAP = [
@@ -183,7 +184,7 @@ def trace_executorch(model, tokenizer, quant: str, *, group_size: int, embedding
         embedding = copy.deepcopy(TokenEmbedding(model)).eval()
         decoder = build_decoder(model, max_seq_len)
         if quant != "fp32":
-            quantize_decoder_linears(decoder, quant, group_size)
+            quantize_decoder_linears(decoder, quant, group_size, lm_head=LM_HEAD)
             quantize_embedding(embedding, embedding_bits if quant == "8da4w" else 8, group_size)
 
     seq = Dim("seq", min=1, max=max_seq_len - 1)

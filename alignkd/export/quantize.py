@@ -2,10 +2,12 @@
 
 Schemes (closed sets, `SCHEMES`):
 - executorch: `fp32`; `8da8w` (int8 dynamic activations, int8 per-channel weights, int8 embedding);
-  `8da4w` (int4 weights in groups of `group_size`, embedding int8 or int4 per `embedding_bits`).
+  `8da4w` (int4 weights in groups of `group_size`, the lm_head int8 per channel (`LM_HEAD_BITS`), embedding
+  int8 or int4 per `embedding_bits`).
   The vision encoder is fp32 or, with `vision_quant="int8"`, int8 linears with dynamic int8 activations
   (`quantize_vision_dynamic`; PT2E static int8 measured slower and less accurate, benchmarks/vision_encoder.py).
-- onnx: `fp32`, `int8` (onnxruntime quantize_dynamic), `int4` (MatMulNBits, block = `group_size`).
+- onnx: `fp32`, `int8` (onnxruntime quantize_dynamic), `int4` (MatMulNBits, block = `group_size`; the lm_head
+  8-bit MatMulNBits, `LM_HEAD_BITS`).
 - coreml: `fp16`, `int8` (per channel), `int4` (per block of `group_size`), `palettize4` (4-bit LUT).
 - gguf: `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_s` (llama.cpp's own types and quantiser); the projector GGUF is
   fp16 (default for quantised models) or fp32 (`vision_quant`).
@@ -32,6 +34,13 @@ SCHEMES: dict[str, tuple[str, ...]] = {
 DEFAULT_SCHEME = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16", "gguf": "f32"}
 VISION_QUANT = ("fp32", "int8", "fp16")
 EMBEDDING_BITS = (4, 8)
+# Bits of the decoder's output projection (lm_head) in ExecuTorch 8da4w and ONNX int4. At int4 its rounding error
+# shifts each token's logit by the same amount whatever the input, so a trained model whose yes/no answers are
+# near ties decided by the language prior flips a whole class of them at once; llama.cpp's Q4_K_S keeps
+# output.weight at 6 bits for the same reason. Measured on the shipped toy teacher (docs/export.md, "Accuracy of
+# the quantised bundles"): 8da4w with an int4 lm_head changes 11-19% of the answers on the synthetic suite, with
+# an int8 one 0-8%; it costs vocab x hidden / 2 bytes (33 MB at the 1.7B shape).
+LM_HEAD_BITS = 8
 EXTRAS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml", "gguf": "gguf"}
 # Modules each target needs, checked up front so a missing one is named before the model is loaded.
 BACKEND_MODULES = {
@@ -95,17 +104,25 @@ def check_backend(target: str) -> None:
 # ---- ExecuTorch (torchao / executorch APIs) ---------------------------------------------------------------
 
 
-def quantize_decoder_linears(module: nn.Module, scheme: str, group_size: int) -> nn.Module:
-    """In place: every nn.Linear to int8 dynamic activations + int4 (grouped) or int8 (per channel) weights."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+def quantize_decoder_linears(module: nn.Module, scheme: str, group_size: int, lm_head: str | None = None) -> nn.Module:
+    """In place: every nn.Linear to int8 dynamic activations + int4 (grouped) or int8 (per channel) weights; the
+    linear named `lm_head` (its qualified name in `module`), if given, to int8 per-channel weights whatever the
+    scheme (`LM_HEAD_BITS`)."""
+    from torchao.quantization import quantize_
+
+    quantize_(module, _weight_config(scheme, group_size), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn != lm_head)
+    if lm_head is not None:
+        quantize_(module, _weight_config("8da8w", group_size), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn == lm_head)
+    return module
+
+
+def _weight_config(scheme: str, group_size: int):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     if scheme == "8da4w":
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
-    else:
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-    quantize_(module, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
-    return module
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
 
 
 def quantize_embedding(module: nn.Module, bits: int, group_size: int) -> nn.Module:
@@ -160,8 +177,15 @@ def onnx_quantize(src, dst, scheme: str, block_size: int) -> None:
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quant = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=block_size, is_symmetric=True)
+    model = onnx.load(str(src))
+    # The decoder's output projection (the node writing `logits`) at LM_HEAD_BITS, as the ExecuTorch lm_head.
+    head = [n.name for n in model.graph.node if "logits" in n.output and n.op_type == "MatMul"]
+    quant = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, nodes_to_exclude=head)
     quant.process()
+    if head:
+        quant = MatMulNBitsQuantizer(quant.model.model, bits=LM_HEAD_BITS, block_size=block_size, is_symmetric=True,
+                                     nodes_to_include=head)
+        quant.process()
     quant.model.save_model_to_file(str(dst), use_external_data_format=external)
 
 

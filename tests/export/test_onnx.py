@@ -43,6 +43,18 @@ def test_quantized(bundles, quant, op):
     assert m["files"]["text_decoder.onnx"]["bytes"] < fp32["files"]["text_decoder.onnx"]["bytes"]
 
 
+def test_int4_keeps_the_lm_head_at_8_bits(bundles):
+    """As the ExecuTorch 8da4w lm_head (alignkd.export.quantize.LM_HEAD_BITS): the node writing `logits` is an
+    8-bit MatMulNBits, every other decoder MatMulNBits 4-bit."""
+    import onnx
+
+    bundle = bundles("onnx", "int4")
+    nodes = [n for n in onnx.load(str(bundle / "text_decoder.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.output[0]: next(a.i for a in n.attribute if a.name == "bits") for n in nodes}
+    assert bits.pop("logits") == 8 and set(bits.values()) == {4}
+    assert manifest_of(bundle)["quant"]["lm_head_bits"] == 8
+
+
 def test_generate_on_bundle_equals_checkpoint(bundles, checkpoint, fixture_dir):
     from alignkd.runtime.run import generate_from_checkpoint
 
