@@ -125,3 +125,54 @@ def test_runtimes_benchmark_refuses_bad_input_in_one_line_before_measuring(argv,
         _load("runtimes").main(argv + ["--workdir", str(tmp_path / "w")])
     assert exit_info.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # nothing exported, nothing written
+
+
+def _tiny_world(tmp_path) -> Path:
+    from alignkd.data.synth_world import SynthConfig, synthesize
+
+    synthesize(tmp_path / "world", SynthConfig.tiny())
+    return tmp_path / "world"
+
+
+def test_quant_accuracy_compares_a_bundle_with_its_checkpoint_and_reuses_it(tmp_path, capsys):
+    """One bundle (ONNX int8 of the tiny fixture), 2 questions per benchmark: the row holds the compare's figures
+    and the export's parity; a second run reuses the bundle and the answers and gives the same figures."""
+    pytest.importorskip("onnxruntime")
+    module = _load("quant_accuracy")
+    out = tmp_path / "qa"
+    argv = [str(ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"), "--world", str(_tiny_world(tmp_path)),
+            "--out", str(out), "--only", "onnx-int8", "--limit", "2", "--max-new-tokens", "4"]
+    result = module.main(argv)
+    assert json.loads(capsys.readouterr().out) == json.loads((out / "quant_accuracy.json").read_text()) == json.loads(json.dumps(result))
+    [row] = result["bundles"]
+    assert "error" not in row, row
+    assert (row["bundle"], row["scheme"], row["class"], row["tolerance"]) == ("onnx-int8", "int8", "int8", 0.5)
+    assert set(row["per_benchmark"]) == set(module.BENCHES)
+    assert row["delta"] == pytest.approx(row["average"] - result["reference"]["average"])
+    assert row["met"] == (abs(row["delta"]) <= 0.5)
+    assert 0.0 <= row["answer_agreement"] <= 1.0 and row["answers_compared"] >= 2 * len(module.BENCHES)
+    assert 0.0 <= row["pope_yes_ratio"] <= 100.0
+    manifest = json.loads((out / "bundles" / "onnx-int8" / "manifest.json").read_text())
+    assert row["parity"]["token_agreement"] == manifest["parity"]["end_to_end"]["token_agreement"]
+    assert row["parity"]["yes_no_answered"] == 0  # random weights answer no yes/no prompt: that floor does not bind
+    stamp = (out / "bundles" / "onnx-int8" / "manifest.json").stat().st_mtime_ns
+    again = module.main(argv)
+    assert (out / "bundles" / "onnx-int8" / "manifest.json").stat().st_mtime_ns == stamp  # not exported again
+    assert {k: v for k, v in again["bundles"][0].items()} == row
+
+
+def test_quant_accuracy_refuses_a_teacher_of_another_world_and_unknown_bundles(tmp_path, capsys):
+    import shutil
+
+    module = _load("quant_accuracy")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint", ckpt)
+    (ckpt / "teacher_record.json").write_text(json.dumps({"world_hash": "0" * 64}))
+    world = _tiny_world(tmp_path)
+    for argv, says in (([str(ckpt), "--world", str(world), "--out", str(tmp_path / "qa")], "trained on another synthetic world"),
+                       ([str(ckpt), "--world", str(world), "--only", "onnx-int3"], "unknown bundle(s) ['onnx-int3']")):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.count("\n") == 0 and says in err, err
+    assert not (tmp_path / "qa" / "bundles").exists()
