@@ -135,17 +135,19 @@ def _tiny_world(tmp_path) -> Path:
 
 
 def test_quant_accuracy_compares_a_bundle_with_its_checkpoint_and_reuses_it(tmp_path, capsys):
-    """One bundle (ONNX int8 of the tiny fixture), 2 questions per benchmark: the row holds the compare's figures
-    and the export's parity; a second run reuses the bundle and the answers and gives the same figures."""
+    """Two bundles (ONNX fp32 and int8 of the tiny fixture), 2 questions per benchmark: the int8 row holds the
+    compare's figures, the export's parity and the same against fp32; a second run reuses the bundles and the
+    answers and gives the same figures."""
     pytest.importorskip("onnxruntime")
     module = _load("quant_accuracy")
     out = tmp_path / "qa"
     argv = [str(ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"), "--world", str(_tiny_world(tmp_path)),
-            "--out", str(out), "--only", "onnx-int8", "--limit", "2", "--max-new-tokens", "4"]
+            "--out", str(out), "--only", "onnx-fp32,onnx-int8", "--limit", "2", "--max-new-tokens", "4"]
     result = module.main(argv)
     assert json.loads(capsys.readouterr().out) == json.loads((out / "quant_accuracy.json").read_text()) == json.loads(json.dumps(result))
-    [row] = result["bundles"]
-    assert "error" not in row, row
+    full, row = result["bundles"]
+    assert "error" not in row and "error" not in full, result
+    assert full["class"] == "full" and full["tolerance"] == 0.0 and full["parity"]["exact_tokens"]
     assert (row["bundle"], row["scheme"], row["class"], row["tolerance"]) == ("onnx-int8", "int8", "int8", 0.5)
     assert set(row["per_benchmark"]) == set(module.BENCHES)
     assert row["delta"] == pytest.approx(row["average"] - result["reference"]["average"])
@@ -155,10 +157,13 @@ def test_quant_accuracy_compares_a_bundle_with_its_checkpoint_and_reuses_it(tmp_
     manifest = json.loads((out / "bundles" / "onnx-int8" / "manifest.json").read_text())
     assert row["parity"]["token_agreement"] == manifest["parity"]["end_to_end"]["token_agreement"]
     assert row["parity"]["yes_no_answered"] == 0  # random weights answer no yes/no prompt: that floor does not bind
+    assert row["parity"]["passes_floors_now"] is manifest["parity"]["passed"] is True and row["parity"]["misses"] == []
+    assert row["vs_full_precision"]["bundle"] == "onnx-fp32"
+    assert row["vs_full_precision"]["delta"] == pytest.approx(row["average"] - full["average"])
     stamp = (out / "bundles" / "onnx-int8" / "manifest.json").stat().st_mtime_ns
     again = module.main(argv)
     assert (out / "bundles" / "onnx-int8" / "manifest.json").stat().st_mtime_ns == stamp  # not exported again
-    assert {k: v for k, v in again["bundles"][0].items()} == row
+    assert again["bundles"] == [full, row]
 
 
 def test_quant_accuracy_refuses_a_teacher_of_another_world_and_unknown_bundles(tmp_path, capsys):
