@@ -181,3 +181,20 @@ def test_quant_accuracy_refuses_a_teacher_of_another_world_and_unknown_bundles(t
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and err.count("\n") == 0 and says in err, err
     assert not (tmp_path / "qa" / "bundles").exists()
+
+
+def test_quant_layers_probe_quantises_the_named_linears_and_compares_answers(tmp_path, capsys):
+    from torch import nn
+
+    module = _load("quant_layers")
+    ckpt = ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"
+    result = module.main([str(ckpt), "--world", str(_tiny_world(tmp_path)), "--limit", "2", "--max-new-tokens", "3",
+                          "--only", "lm_head int4 only,8da8w"])
+    assert set(result["variants"]) == {"lm_head int4 only", "8da8w"} and '"variants"' in capsys.readouterr().out
+    for row in result["variants"].values():
+        assert set(row["same_answers"]) == set(module.BENCHES) and all(0 <= v <= 1 for v in row["same_answers"].values())
+    from alignkd.models.checkpoint import load_checkpoint
+
+    model = module.quantise(load_checkpoint(ckpt)[0], *module.VARIANTS["lm_head int4 only"])
+    linears = {name: type(m.weight).__name__ for name, m in model.llm.named_modules() if isinstance(m, nn.Linear)}
+    assert linears.pop("lm_head") != "Parameter" and set(linears.values()) == {"Parameter"}  # only the lm_head quantised
