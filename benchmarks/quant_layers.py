@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 BENCHES = ("pope", "gqa", "sqa", "mme")
 # name -> (bits of the body's linears, their group, bits of the lm_head (0: fp32), only linears whose name has this)
 VARIANTS = {
-    "8da4w g32, lm_head int4 (before the fix)": (4, 32, 4, None),
-    "8da4w g32, lm_head int8 (the export now)": (4, 32, 8, None),
-    "8da4w g32, lm_head fp32": (4, 32, 0, None),
+    "8da4w g32 + lm_head int4 (before the fix)": (4, 32, 4, None),
+    "8da4w g32 + lm_head int8 (the export now)": (4, 32, 8, None),
+    "8da4w g32 + lm_head fp32": (4, 32, 0, None),
     "lm_head int4 only": (0, 32, 4, None),
-    "8da4w g64, lm_head int4": (4, 64, 4, None),
-    "8da4w g128, lm_head int8": (4, 128, 8, None),
+    "8da4w g64 + lm_head int4": (4, 64, 4, None),
+    "8da4w g128 + lm_head int8": (4, 128, 8, None),
     "8da4w g32 MLP only": (4, 32, 0, "mlp"),
     "8da4w g32 attention only": (4, 32, 0, "self_attn"),
     "8da8w": (8, 0, 8, None),
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--world", type=Path, required=True, help="synthetic world folder (from `alignkd data synth`)")
     ap.add_argument("--limit", type=int, default=100, help="questions per benchmark")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variant names")
+    ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variant names (names have no commas)")
     args = ap.parse_args(argv)
     import torch
 
