@@ -228,7 +228,7 @@ def summarise(result: dict, reference: dict, manifest: dict, tolerance: float) -
         "parity": {"passed": parity["passed"], "passes_floors_now": ok, "misses": misses, "token_agreement": e2e.get("token_agreement"), "logit_cosine": e2e.get("logit_cosine"),
                    "min_logit_cosine": e2e.get("min_logit_cosine"), "exact_tokens": e2e.get("exact_match"),
                    "yes_no_answer_agreement": answers.get("answer_agreement"), "yes_no_answered": answers.get("answered"),
-                   "yes_no_margin_kept": answers.get("margin_kept"),
+                   "yes_no_margin_change": answers.get("margin_change"),
                    "yes_no_first_token_agreement": answers.get("first_token_agreement"),
                    "image_token_cosine": parity.get("parts", {}).get("vision_encoder", {}).get("cosine"),
                    "decoder_prefill_cosine": parity.get("parts", {}).get("text_decoder", {}).get("cosine")},

@@ -7,7 +7,7 @@ bundles must match exactly), and a teacher-forced pass (the bundle fed the eager
 argmax agreement and logit cosine. And the answers a bundle is used for (`answer_parity`): POPE-style
 yes/no questions about objects the golden images show or lack, in LLaVA's short-answer prompt, where the
 first answer token is the answer; a bundle must keep the eager model's answer on the prompts the eager model
-answers "Yes" or "No". A trained model's yes/no answers are often near ties decided by the language prior
+answers "Yes" or "No", and its yes/no logit margins; a trained model's yes/no answers are often near ties decided by the language prior
 (the same margin on every question), so a 4-bit bundle can flip all of them at once while its per-step
 token agreement and logit cosine stay high; random-weight models answer no prompt with yes or no, so this
 floor binds trained weights only. Thresholds are the named constants below;
@@ -33,9 +33,9 @@ MIN_LOGIT_COSINE = {"fp32": 0.99999, "fp16": 0.999, "8da8w": 0.99, "int8": 0.99,
 # Minimum share of the eager model's yes/no answers a bundle keeps (answer_parity).
 MIN_ANSWER_AGREEMENT = {"fp32": 1.0, "fp16": 1.0, "8da8w": 0.9, "int8": 0.9, "8da4w": 0.75, "int4": 0.75, "palettize4": 0.75,
                         "f32": 1.0, "f16": 1.0, "q8_0": 0.9, "q4_0": 0.75, "q4_k_s": 0.75}
-# Minimum share of the eager model's yes/no logit margin a bundle keeps on average (answer_parity's margin_kept).
-MIN_MARGIN_KEPT = {"fp32": 0.99, "fp16": 0.95, "8da8w": 0.9, "int8": 0.9, "8da4w": 0.8, "int4": 0.8, "palettize4": 0.8,
-                   "f32": 0.99, "f16": 0.95, "q8_0": 0.9, "q4_0": 0.8, "q4_k_s": 0.8}
+# Largest change of the eager model's yes/no logit margins, relative to their width (answer_parity's margin_change).
+MAX_MARGIN_CHANGE = {"fp32": 0.01, "fp16": 0.05, "8da8w": 0.05, "int8": 0.05, "8da4w": 0.15, "int4": 0.15, "palettize4": 0.15,
+                     "f32": 0.01, "f16": 0.05, "q8_0": 0.05, "q4_0": 0.15, "q4_k_s": 0.15}
 EXACT_SCHEMES = ("fp32", "f32")  # full precision: greedy tokens must equal the eager model's
 # Minimum cosine of the bundle's image tokens against eager fp32, per vision scheme (the issue-17 bar for int8).
 MIN_IMAGE_TOKEN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
@@ -171,10 +171,11 @@ def yes_no_ids(tokenizer) -> dict[str, list[int]]:
 @torch.inference_mode()
 def answer_parity(eager, bundle, tokenizer, image_config, template: str = "v1") -> dict:
     """First answer token of eager and bundle on each yes/no prompt (one prefill each). On the prompts the eager
-    model answers with a yes or no piece: how many answers the bundle keeps, and how much of the eager model's
-    logit margin between its answer and the opposite one (best piece of each) it keeps on average
-    (`margin_kept`: 1 = the same, 0 = a tie, negative = flipped). None of it when the eager model answers no
-    prompt with yes or no (random weights)."""
+    model answers with a yes or no piece: how many answers the bundle keeps, and how far it moves the logit margin
+    between that answer and the opposite one (best piece of each), either way, relative to the eager margins
+    (`margin_change` = sum |bundle margin - eager margin| / sum eager margin: 0 = the same, 1 = moved by as much
+    as the margins are wide, so near ties flip). A bias towards either word counts whichever way the eager model
+    answered. None of it when the eager model answers no prompt with yes or no (random weights)."""
     from alignkd.data.image import ImageProcessor
     from alignkd.data.templates import tokenize_with_image
     from alignkd.runtime.generation import build_prompt, splice_prompt
@@ -198,7 +199,8 @@ def answer_parity(eager, bundle, tokenizer, image_config, template: str = "v1") 
     eager_margin = sum(r["eager_margin"] for r in answered)
     return {"prompts": rows, "first_token_agreement": sum(r["bundle_token"] == r["eager_token"] for r in rows) / len(rows),
             "answered": len(answered), "kept": kept, "answer_agreement": kept / len(answered) if answered else None,
-            "margin_kept": sum(r["bundle_margin"] for r in answered) / eager_margin if answered and eager_margin > 0 else None}
+            "margin_change": sum(abs(r["bundle_margin"] - r["eager_margin"]) for r in answered) / eager_margin
+            if answered and eager_margin > 0 else None}
 
 
 def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None = None,
@@ -210,9 +212,9 @@ def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None 
     if answers and answers["answer_agreement"] is not None and answers["answer_agreement"] < MIN_ANSWER_AGREEMENT[scheme]:
         misses.append(f"the bundle keeps the eager yes/no answer on {answers['kept']} of {answers['answered']} prompts "
                       f"({answers['answer_agreement']:.2f} < {MIN_ANSWER_AGREEMENT[scheme]})")
-    if answers and answers["margin_kept"] is not None and answers["margin_kept"] < MIN_MARGIN_KEPT[scheme]:
-        misses.append(f"the bundle keeps {answers['margin_kept']:.2f} of the eager model's yes/no logit margin "
-                      f"(< {MIN_MARGIN_KEPT[scheme]}), so near-tie yes/no answers flip")
+    if answers and answers["margin_change"] is not None and answers["margin_change"] > MAX_MARGIN_CHANGE[scheme]:
+        misses.append(f"the bundle moves the eager model's yes/no logit margins by {answers['margin_change']:.2f} of their "
+                      f"width (> {MAX_MARGIN_CHANGE[scheme]}), so near-tie yes/no answers flip")
     image = (parts or {}).get("vision_encoder")
     if vision in MIN_IMAGE_TOKEN_COSINE and image is not None and image["cosine"] < MIN_IMAGE_TOKEN_COSINE[vision]:
         misses.append(f"{vision} image-token cosine {image['cosine']:.5f} < {MIN_IMAGE_TOKEN_COSINE[vision]}")
@@ -228,7 +230,7 @@ def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None 
 def thresholds(scheme: str, vision: str | None = None) -> dict:
     out = {"min_token_agreement": MIN_TOKEN_AGREEMENT[scheme], "min_logit_cosine": MIN_LOGIT_COSINE[scheme],
            "min_answer_agreement": MIN_ANSWER_AGREEMENT[scheme],
-           "min_margin_kept": MIN_MARGIN_KEPT[scheme],
+           "max_margin_change": MAX_MARGIN_CHANGE[scheme],
            "exact_tokens": scheme in EXACT_SCHEMES}
     if vision in MIN_IMAGE_TOKEN_COSINE:
         out["min_image_token_cosine"] = MIN_IMAGE_TOKEN_COSINE[vision]

@@ -64,7 +64,7 @@ def test_the_tokenizer_s_yes_and_no_pieces_are_found(tiny):
 def test_random_weights_give_no_answer_so_the_check_does_not_bind(tiny):
     eager, tokenizer, image = tiny
     result = parity.answer_parity(eager, eager, tokenizer, image)
-    assert result["answered"] == 0 and result["answer_agreement"] is None and result["margin_kept"] is None
+    assert result["answered"] == 0 and result["answer_agreement"] is None and result["margin_change"] is None
     assert len(result["prompts"]) == len(parity.yes_no_pairs()) == 12 and result["first_token_agreement"] == 1.0
     assert parity.judge("8da4w", {"exact_match": False, "token_agreement": 1.0, "logit_cosine": 1.0}, answers=result)[0]
 
@@ -73,11 +73,11 @@ def test_a_bundle_that_flips_every_answer_fails(tiny):
     eager, tokenizer, image = tiny
     no, yes = Biased(eager, tokenizer, "no", 2.0), Biased(eager, tokenizer, "yes", 2.0)
     result = parity.answer_parity(no, yes, tokenizer, image)
-    assert result["answered"] == 12 and result["kept"] == 0 and result["margin_kept"] < 0
+    assert result["answered"] == 12 and result["kept"] == 0 and result["margin_change"] == pytest.approx(2.0, abs=1e-4)
     ok, misses = parity.judge("q4_k_s", {"exact_match": False, "token_agreement": 1.0, "logit_cosine": 1.0}, answers=result)
     assert not ok and any("yes/no answer on 0 of 12" in m for m in misses)
     same = parity.answer_parity(no, no, tokenizer, image)
-    assert same["kept"] == 12 and same["margin_kept"] == pytest.approx(1.0)
+    assert same["kept"] == 12 and same["margin_change"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_near_tie_pushed_towards_the_other_answer_fails_though_no_answer_flips_yet(tiny):
@@ -86,10 +86,10 @@ def test_a_near_tie_pushed_towards_the_other_answer_fails_though_no_answer_flips
     eager, tokenizer, image = tiny
     ref, got = Biased(eager, tokenizer, "no", 0.1), Biased(eager, tokenizer, "no", 0.03)
     result = parity.answer_parity(ref, got, tokenizer, image)
-    assert result["answer_agreement"] == 1.0 and result["margin_kept"] == pytest.approx(0.3, abs=1e-4)
+    assert result["answer_agreement"] == 1.0 and result["margin_change"] == pytest.approx(0.7, abs=1e-4)
     ok, misses = parity.judge("8da4w", {"exact_match": False, "token_agreement": 1.0, "logit_cosine": 1.0}, answers=result)
-    assert not ok and misses == [f"the bundle keeps 0.30 of the eager model's yes/no logit margin (< {parity.MIN_MARGIN_KEPT['8da4w']}), "
-                                 "so near-tie yes/no answers flip"]
+    assert not ok and misses == ["the bundle moves the eager model's yes/no logit margins by 0.70 of their width "
+                                 f"(> {parity.MAX_MARGIN_CHANGE['8da4w']}), so near-tie yes/no answers flip"]
 
 
 def test_an_export_whose_bundle_flips_the_answers_fails_in_one_sentence_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
@@ -125,9 +125,17 @@ def test_an_export_whose_bundle_flips_the_answers_fails_in_one_sentence_and_leav
 def test_the_thresholds_in_the_manifest_name_the_answer_floors():
     t = parity.thresholds("8da4w")
     assert t["min_answer_agreement"] == parity.MIN_ANSWER_AGREEMENT["8da4w"]
-    assert t["min_margin_kept"] == parity.MIN_MARGIN_KEPT["8da4w"]
+    assert t["max_margin_change"] == parity.MAX_MARGIN_CHANGE["8da4w"]
     assert json.loads(json.dumps(t)) == t
-    assert set(parity.MIN_ANSWER_AGREEMENT) == set(parity.MIN_MARGIN_KEPT) == set(parity.MIN_TOKEN_AGREEMENT)
+    assert set(parity.MIN_ANSWER_AGREEMENT) == set(parity.MAX_MARGIN_CHANGE) == set(parity.MIN_TOKEN_AGREEMENT)
+
+
+def test_a_bias_towards_the_eager_answer_counts_too(tiny):
+    """A bundle that widens a No margin would flip the near-tie Yes answers of other images: it counts as a change."""
+    eager, tokenizer, image = tiny
+    result = parity.answer_parity(Biased(eager, tokenizer, "no", 0.1), Biased(eager, tokenizer, "no", 0.2), tokenizer, image)
+    assert result["answer_agreement"] == 1.0 and result["margin_change"] == pytest.approx(1.0, abs=1e-4)
+    assert not parity.judge("q8_0", {"exact_match": False, "token_agreement": 1.0, "logit_cosine": 1.0}, answers=result)[0]
 
 
 def test_margin_of_a_prompt_is_answer_minus_the_best_opposite_piece(tiny):
