@@ -22,6 +22,7 @@ are answers made by the same model and settings (their eval-key.json); anything 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -151,7 +152,8 @@ def export(name: str, args, folder: Path) -> dict:
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
         return json.loads(manifest.read_text())
     stamp.unlink(missing_ok=True)
-    export_bundle(args.checkpoint, target, scheme, folder, overwrite=True, allow_drift=True, max_seq_len=MAX_SEQ_LEN, **options)
+    with contextlib.redirect_stdout(sys.stderr):  # executorch's embedding quantiser prints; stdout is the JSON's
+        export_bundle(args.checkpoint, target, scheme, folder, overwrite=True, allow_drift=True, max_seq_len=MAX_SEQ_LEN, **options)
     stamp.write_text(json.dumps(want) + "\n")  # what the reuse check above compares (gguf manifests record no group)
     return json.loads(manifest.read_text())
 
