@@ -209,10 +209,10 @@ def judge(scheme: str, e2e: dict, vision: str | None = None, parts: dict | None 
     holds the vision encoder's metrics, and the answer floor when `answers` holds `answer_parity`'s), with one
     reason per miss."""
     misses = []
-    if answers and answers["answer_agreement"] is not None and answers["answer_agreement"] < MIN_ANSWER_AGREEMENT[scheme]:
+    if answers and answers.get("answer_agreement") is not None and answers["answer_agreement"] < MIN_ANSWER_AGREEMENT[scheme]:
         misses.append(f"the bundle keeps the eager yes/no answer on {answers['kept']} of {answers['answered']} prompts "
                       f"({answers['answer_agreement']:.2f} < {MIN_ANSWER_AGREEMENT[scheme]})")
-    if answers and answers["margin_change"] is not None and answers["margin_change"] > MAX_MARGIN_CHANGE[scheme]:
+    if answers and answers.get("margin_change") is not None and answers["margin_change"] > MAX_MARGIN_CHANGE[scheme]:
         misses.append(f"the bundle moves the eager model's yes/no logit margins by {answers['margin_change']:.2f} of their "
                       f"width (> {MAX_MARGIN_CHANGE[scheme]}), so near-tie yes/no answers flip")
     image = (parts or {}).get("vision_encoder")
