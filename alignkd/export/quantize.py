@@ -38,8 +38,9 @@ EMBEDDING_BITS = (4, 8)
 # shifts each token's logit by the same amount whatever the input, so a trained model whose yes/no answers are
 # near ties decided by the language prior flips a whole class of them at once; llama.cpp's Q4_K_S keeps
 # output.weight at 6 bits for the same reason. Measured on the shipped toy teacher (docs/export.md, "Accuracy of
-# the quantised bundles"): 8da4w with an int4 lm_head changes 11-19% of the answers on the synthetic suite, with
-# an int8 one 0-8%; it costs vocab x hidden / 2 bytes (33 MB at the 1.7B shape).
+# the quantised bundles", `python benchmarks/quant_accuracy.py alignkd/assets/synth_teacher`): with an int4 lm_head
+# 8da4w changed 15% of the synthetic suite's answers (11% of POPE's, all towards Yes) and ONNX int4 31% (57% of
+# POPE's); with an 8-bit one 2.8% and 3.3%. It costs vocab x hidden / 2 bytes more (33 MB at the 1.7B shape).
 LM_HEAD_BITS = 8
 EXTRAS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml", "gguf": "gguf"}
 # Modules each target needs, checked up front so a missing one is named before the model is loaded.
