@@ -339,9 +339,16 @@ def _parity_summary(parity: dict) -> str:
     parts = ", ".join(f"{name} cos {p['cosine']:.5f} max|d| {p['max_abs']:.2g}" for name, p in parity["parts"].items())
     if "end_to_end" not in parity:
         return f"  converted modules vs eager: {parts}\n  end to end: not measured here ({parity.get('reason', 'no runtime')})"
-    e2e = parity["end_to_end"]
-    return (f"  parts: {parts}\n  end to end: exact eager tokens {e2e['exact_match']}, token agreement "
+    e2e, answers = parity["end_to_end"], parity.get("answers")
+    line = (f"  parts: {parts}\n  end to end: exact eager tokens {e2e['exact_match']}, token agreement "
             f"{e2e['token_agreement']:.3f}, logit cosine {e2e['logit_cosine']:.5f} (thresholds {parity['thresholds']})")
+    if answers is None:
+        return line
+    if not answers["answered"]:
+        return line + f"\n  yes/no answers: not judged (the model answers none of the {len(answers['prompts'])} prompts with yes or no)"
+    change = answers["margin_change"]
+    return line + (f"\n  yes/no answers: kept {answers['kept']} of {answers['answered']}, margin change "
+                   f"{'-' if change is None else f'{change:.3f}'}")
 
 
 @app.command()

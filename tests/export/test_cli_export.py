@@ -33,6 +33,7 @@ def test_cli_export_default_scheme_runs_end_to_end(bundles, target):
     bundle, output = _cli_run(bundles, target)
     assert DEFAULT_SCHEME[target] == "fp32"
     assert "end to end: exact eager tokens True" in output
+    assert "yes/no answers: not judged (the model answers none of the 12 prompts with yes or no)" in output  # random weights
     assert load_bundle(bundle).kind == target
 
 
