@@ -33,6 +33,25 @@ def test_toy_grounding_probe_with_the_scene_as_text_has_no_image():
     assert result["curve"][1]["val_loss"] < result["curve"][0]["val_loss"]
 
 
+def test_toy_grounding_probe_with_several_turns_and_a_warmup():
+    result = _load("toy_grounding").main(["--steps", "2", "--val", "6", "--eval-every", "2", "--question", "exist",
+                                          "--objects", "2", "--turns", "3", "--warmup", "2", "--batch", "2"])
+    assert result["turns"] == 3 and result["curve"][1]["val_loss"] < result["curve"][0]["val_loss"]
+
+
+def test_compact_text_comparison_probe_balances_its_answers_and_learns(capsys):
+    module = _load("toy_compare_text")
+    import random
+
+    answers = [module.example(random.Random(i), 2)[1] for i in range(400)]
+    assert 0.4 < answers.count(module.YES) / len(answers) < 0.6
+    tokens, _ = module.example(random.Random(0), 3)
+    assert tokens[-1] == module.SEP and tokens[-4] == module.QMARK  # the filler follows the question
+    result = module.main(["--steps", "2", "--val", "32", "--eval-every", "1", "--batch", "8", "--filler", "2"])
+    assert [p["step"] for p in result["curve"]] == [0, 1, 2] and 0.4 < result["majority_acc"] < 0.7
+    assert '"curve"' in capsys.readouterr().out
+
+
 def test_toy_clip_patch_benchmark_runs_per_patch_size(capsys):
     result = _load("toy_clip_patch").main(["--patch", "8", "--steps", "2", "--scenes", "8", "--val", "6",
                                            "--eval-every", "1"])
