@@ -28,6 +28,28 @@ DEFAULT_RUNS = ("executorch:fp32", "executorch:8da8w", "executorch:8da4w", "onnx
 DECODE_STEPS = 32
 
 
+def pad_tokenizer(src: Path, dst: Path, size: int) -> None:
+    """Copy the tokenizer in `src` to `dst` with its SentencePiece model padded to `size` pieces.
+
+    The added pieces are `[PAD<id>]` of SentencePiece's UNUSED kind (what llama.cpp's convert_hf_to_gguf.py
+    writes for a vocabulary larger than its tokenizer): encoding never produces them, so every text keeps its
+    ids, and llama.cpp, which needs as many pieces as the model has vocabulary rows, accepts the file.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    from alignkd.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_folder(src)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.sp.serialized_model_proto())
+    if len(proto.pieces) > size:
+        raise ValueError(f"{src / 'tokenizer.model'} has {len(proto.pieces)} pieces, more than the {size} asked for")
+    for i in range(len(proto.pieces), size):
+        proto.pieces.add(piece=f"[PAD{i}]", score=-1000.0, type=sentencepiece_model_pb2.ModelProto.SentencePiece.UNUSED)
+    tokenizer.save(dst)  # the special-token files, then the padded model over its tokenizer.model
+    (dst / "tokenizer.model").write_bytes(proto.SerializeToString())
+
+
 def make_real_shape_checkpoint(folder: Path) -> Path:
     """MobileVLM V2 1.7B config with N(0, 0.02) weights, written without ever holding two copies."""
     import torch
@@ -51,16 +73,17 @@ def make_real_shape_checkpoint(folder: Path) -> Path:
         else:
             t.normal_(0, 0.02, generator=gen)
         state[to_official_key(name)] = t
-    # The stand-in tokenizer has 512 pieces: zero lm_head rows >= 512 so greedy ids stay decodable (a zero logit
-    # never wins against 512 random ones of spread ~0.9, and zero rows stay zero when quantized).
+    # The stand-in tokenizer has 512 real pieces: zero lm_head rows >= 512 so greedy ids stay decodable (a zero
+    # logit never wins against 512 random ones of spread ~0.9, and zero rows stay zero when quantized).
     state["lm_head.weight"][Tokenizer.from_folder(TINY).vocab_size:] = 0
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "model.safetensors"))
     del state
     cfg = config_to_official(config)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    # The tiny fixture's tokenizer (512 pieces) drives the prompt; ids stay below the 32000-row vocab.
-    Tokenizer.from_folder(TINY).save(folder)
+    # The tiny fixture's tokenizer (512 pieces) drives the prompt, padded with unused pieces to the 32000-row
+    # vocabulary so that llama.cpp (--target gguf) takes the checkpoint too.
+    pad_tokenizer(TINY, folder, config.llm.vocab_size)
     return folder
 
 

@@ -217,3 +217,39 @@ def test_quant_layers_probe_quantises_the_named_linears_and_compares_answers(tmp
     model = module.quantise(load_checkpoint(ckpt)[0], *module.VARIANTS["lm_head int4 only"])
     linears = {name: type(m.weight).__name__ for name, m in model.llm.named_modules() if isinstance(m, nn.Linear)}
     assert linears.pop("lm_head") != "Parameter" and set(linears.values()) == {"Parameter"}  # only the lm_head quantised
+
+
+def test_real_shape_tokenizer_padding_keeps_ids_and_llama_cpp_takes_it(tmp_path):
+    """The real-shape checkpoint's tokenizer is the tiny one padded with unused pieces to the vocabulary size:
+    text keeps its ids, the padding is never produced, and a GGUF of a model with that vocabulary loads in llama.cpp."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignkd.data.tokenizer import Tokenizer
+    from alignkd.export.gguf import write_language_model
+
+    tiny = ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"
+    _load("export_targets").pad_tokenizer(tiny, tmp_path / "tok", 600)
+    ours, padded = Tokenizer.from_folder(tiny), Tokenizer.from_folder(tmp_path / "tok")
+    assert (ours.vocab_size, padded.vocab_size) == (512, 600)
+    assert padded.sp.IsUnused(512) and padded.sp.IsUnused(599) and not padded.sp.IsUnused(300)
+    assert (padded.bos_id, padded.eos_id, padded.unk_id, padded.pad_id) == (ours.bos_id, ours.eos_id, ours.unk_id, ours.pad_id)
+    texts = ("A chat between a curious user and an artificial intelligence assistant.", " leading space, 123 digits!",
+             "USER: What colour is the largest object? ASSISTANT:", "ünïcödé and [PAD] brackets")
+    for text in texts:
+        assert padded.encode(text) == ours.encode(text), text
+    with pytest.raises(ValueError, match="more than the 100 asked for"):
+        _load("export_targets").pad_tokenizer(tiny, tmp_path / "small", 100)
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'alignkd[gguf]'")
+    pytest.importorskip("gguf", reason="the gguf package is not installed: pip install 'alignkd[gguf]'")
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    from alignkd.errors import AlignKDError
+
+    with pytest.raises(AlignKDError, match="the tokenizer has 512 pieces but the model's vocabulary is 600"):
+        write_language_model(llm, ours, tmp_path / "unpadded.gguf", "unpadded")  # why the padding exists
+    write_language_model(llm, padded, tmp_path / "model.gguf", "padded")
+    cpp = llama_cpp.Llama(str(tmp_path / "model.gguf"), vocab_only=True, verbose=False)
+    assert cpp.n_vocab() == 600
+    for text in texts[:3]:
+        assert cpp.tokenize(text.encode(), add_bos=True) == ours.encode(text), text
