@@ -25,6 +25,20 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def rss_now() -> dict[str, int] | None:
+    """The resident set now, split into anonymous memory and mapped files (a memory-mapped checkpoint's pages are
+    the latter: clean, but counted in the peak RSS); None where /proc/self/status is not there (macOS)."""
+    try:
+        lines = open("/proc/self/status").read().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    try:
+        return {key: int(fields[name].split()[0]) * 1024 for key, name in (("anon", "RssAnon"), ("file", "RssFile"))}
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
 class Stages:
     """`with stages("lower"): ...` prints progress and records {name: seconds} in `times`."""
 
@@ -35,8 +49,10 @@ class Stages:
         self.heartbeat_s, self.times, self.t0 = heartbeat_s, {}, time.perf_counter()
 
     def _line(self, text: str) -> None:
+        now = rss_now()
+        split = f"; now {now['anon'] / 1e9:.1f} GB anonymous + {now['file'] / 1e9:.1f} GB mapped files" if now else ""
         self.console.print(f"[dim]export {time.perf_counter() - self.t0:6.0f}s[/] {text} "
-                           f"[dim](peak RSS {peak_rss_bytes() / 1e9:.1f} GB)[/]")
+                           f"[dim](peak RSS {peak_rss_bytes() / 1e9:.1f} GB{split})[/]")
 
     @contextmanager
     def __call__(self, name: str, detail: str = ""):
