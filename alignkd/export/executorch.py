@@ -185,9 +185,15 @@ def trace_executorch(model, tokenizer, quant: str, *, group_size: int, embedding
         embedding = copy.deepcopy(TokenEmbedding(model)).eval()
         decoder = build_decoder(model, max_seq_len)
         if quant != "fp32":
-            quantize_decoder_linears(decoder, quant, group_size, lm_head=LM_HEAD)
+            # Layer by layer, each layer's fp32 pages leaving the RSS once it is quantised (release_mapped_pages).
+            for layer in decoder.transformer.layers:
+                weights = [m.weight for m in layer.modules() if isinstance(m, nn.Linear)]
+                quantize_decoder_linears(layer, quant, group_size)
+                release_mapped_pages(weights)
+            quantize_decoder_linears(decoder, quant, group_size, lm_head=LM_HEAD)  # the output projection (int8)
             quantize_embedding(embedding, embedding_bits if quant == "8da4w" else 8, group_size)
         own_tensors([vision, embedding, decoder], model)
+        release_mapped_pages([*model.parameters(), *model.buffers()])  # the bundle's parts own what they keep
 
     seq = Dim("seq", min=1, max=max_seq_len - 1)
     ids = torch.ones(1, 4, dtype=torch.long)
@@ -226,6 +232,54 @@ def own_tensors(modules: list[nn.Module], model: nn.Module) -> int:
                     copies[id(t)] = nn.Parameter(clone, requires_grad=False) if isinstance(t, nn.Parameter) else clone
                 table[name] = copies[id(t)]
     return sum(t.nbytes for t in copies.values())
+
+
+MADV_DONTNEED = 4  # linux/mman.h
+
+
+def _private_file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's private mappings of files (/proc/self/maps); [] off Linux."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return []
+    spans = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/") and fields[1].startswith("r") and fields[1][3] == "p":
+            start, end = fields[0].split("-")
+            spans.append((int(start, 16), int(end, 16)))
+    return spans
+
+
+def release_mapped_pages(tensors) -> int:
+    """Drop from the resident set the pages of `tensors` that lie in a memory-mapped file; returns the bytes advised.
+
+    A memory-mapped checkpoint's pages, once read (quantising reads every weight), count in the process's RSS for
+    as long as the file is mapped: 6.8 GB at 1.7B, on top of the quantised copies. madvise(MADV_DONTNEED) on a
+    private file mapping drops them from this process (the page cache keeps them) and a later read maps the file's
+    bytes again, so the tensors stay valid. Only file-backed ranges are touched (on anonymous memory the same call
+    would zero the data), and the checkpoint's tensors are never written, so no private copy of a page is lost."""
+    import ctypes
+    import mmap
+
+    spans = _private_file_mappings()
+    if not spans:
+        return 0
+    libc, page = ctypes.CDLL(None, use_errno=True), mmap.PAGESIZE
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or not _plain(t) or t.nbytes == 0:
+            continue
+        lo, hi = t.data_ptr(), t.data_ptr() + t.nbytes
+        span = next(((a, b) for a, b in spans if a <= lo and hi <= b), None)
+        if span is None:
+            continue
+        start, end = max(span[0], lo // page * page), min(span[1], -(-hi // page) * page)
+        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            advised += end - start
+    return advised
 
 
 @contextmanager

@@ -111,9 +111,11 @@ def quantize_decoder_linears(module: nn.Module, scheme: str, group_size: int, lm
     scheme (`LM_HEAD_BITS`)."""
     from torchao.quantization import quantize_
 
-    quantize_(module, _weight_config(scheme, group_size), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn != lm_head)
+    # Linears whose weight is already a quantised tensor subclass are left as they are (layer-by-layer callers).
+    plain = lambda m: isinstance(m, nn.Linear) and type(m.weight) in (torch.Tensor, nn.Parameter)  # noqa: E731
+    quantize_(module, _weight_config(scheme, group_size), filter_fn=lambda m, fqn: plain(m) and fqn != lm_head)
     if lm_head is not None:
-        quantize_(module, _weight_config("8da8w", group_size), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn == lm_head)
+        quantize_(module, _weight_config("8da8w", group_size), filter_fn=lambda m, fqn: plain(m) and fqn == lm_head)
     return module
 
 

@@ -75,3 +75,29 @@ def test_checkpoint_is_unmapped_while_lowering(checkpoint, tmp_path, monkeypatch
     monkeypatch.setattr(et, "lower_executorch", lower)
     with pytest.raises(_Stop):
         export_bundle(checkpoint, "executorch", "8da4w", tmp_path / "b", max_seq_len=256, vision_quant="int8")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings from /proc (Linux)")
+def test_release_mapped_pages_drops_a_mapped_checkpoint_from_the_rss_and_keeps_the_values(tmp_path):
+    """Quantising reads every weight of the memory-mapped checkpoint, and each page read stayed in the RSS
+    (6.8 GB at 1.7B, the export's 12.7 GB peak); released, the tensors still read the file's values, and a tensor
+    in anonymous memory (which the same madvise would zero) is left alone."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from alignkd.export.executorch import release_mapped_pages
+    from alignkd.export.progress import rss_now
+
+    weight = torch.randn(2048, 2048)  # 16 MiB
+    save_file({"w": weight, "b": torch.arange(5.0)}, str(tmp_path / "model.safetensors"))
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        mapped, small = f.get_tensor("w"), f.get_tensor("b")
+    anon = torch.randn(512, 512)
+    expected = anon.clone()
+    assert torch.equal(mapped, weight)  # every page read: now resident
+    before = rss_now()["file"]
+    released = release_mapped_pages([mapped, small, anon])
+    assert mapped.nbytes <= released <= mapped.nbytes + 4 * 4096
+    assert rss_now()["file"] < before - 0.9 * mapped.nbytes
+    assert torch.equal(mapped, weight) and torch.equal(small, torch.arange(5.0)) and torch.equal(anon, expected)
