@@ -87,6 +87,19 @@ def make_real_shape_checkpoint(folder: Path) -> Path:
     return folder
 
 
+def real_shape_checkpoint(folder: Path) -> Path:
+    """`folder`'s real-shape checkpoint, built if missing; one built before its tokenizer was padded (512 pieces for
+    32000 rows, which llama.cpp refuses) gets the padded tokenizer in place, weights untouched."""
+    if not (folder / "config.json").is_file():
+        return make_real_shape_checkpoint(folder)
+    from alignkd.data.tokenizer import Tokenizer
+
+    rows = json.loads((folder / "config.json").read_text())["vocab_size"]
+    if Tokenizer.from_folder(folder).vocab_size < rows:
+        pad_tokenizer(folder, folder, rows)
+    return folder
+
+
 def child_export(checkpoint: str, target: str, quant: str, out: str, max_seq_len: int, group_size: int,
                  vision_quant: str) -> None:
     from alignkd.export import export_bundle
@@ -160,7 +173,7 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="alignkd-bench-"))
     real = work / "real_shape_ckpt"
-    checkpoint = (real if (real / "config.json").is_file() else make_real_shape_checkpoint(real)) if args.real_shape else TINY
+    checkpoint = real_shape_checkpoint(real) if args.real_shape else TINY
     model_name = "mobilevlm_v2_1.7b_shape_random" if args.real_shape else "mobilevlm_official_tiny"
     # Eager timing in its own process too, so the 1.7B eager weights are not resident during the exports.
     eager = subprocess.run([sys.executable, __file__, "--child-eager", str(checkpoint), "--threads", str(args.threads)],

@@ -437,10 +437,10 @@ def resolve_checkpoint(args) -> tuple[Path, str]:
         return args.checkpoint, args.checkpoint.name
     if args.real_shape:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from export_targets import make_real_shape_checkpoint
+        from export_targets import real_shape_checkpoint
 
         real = args.workdir / "real_shape_ckpt"
-        return (real if (real / "config.json").is_file() else make_real_shape_checkpoint(real)), "mobilevlm_v2_1.7b_shape_random"
+        return real_shape_checkpoint(real), "mobilevlm_v2_1.7b_shape_random"
     return TINY, "mobilevlm_official_tiny"
 
 

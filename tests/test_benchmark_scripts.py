@@ -253,3 +253,22 @@ def test_real_shape_tokenizer_padding_keeps_ids_and_llama_cpp_takes_it(tmp_path)
     assert cpp.n_vocab() == 600
     for text in texts[:3]:
         assert cpp.tokenize(text.encode(), add_bos=True) == ours.encode(text), text
+
+
+def test_real_shape_checkpoint_from_before_the_padding_gets_a_padded_tokenizer_in_place(tmp_path):
+    """A workdir's real-shape checkpoint built earlier (512 pieces for more rows) is reused with its tokenizer padded,
+    not rebuilt (6.7 GB) and not left for llama.cpp to refuse."""
+    import shutil
+
+    from alignkd.data.tokenizer import Tokenizer
+
+    tiny = ROOT / "tests/fixtures/mobilevlm_official_tiny/checkpoint"
+    old = tmp_path / "real_shape_ckpt"
+    old.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tiny / name, old / name)
+    (old / "config.json").write_text(json.dumps({"vocab_size": 640}))
+    assert _load("export_targets").real_shape_checkpoint(old) == old
+    padded = Tokenizer.from_folder(old)
+    assert padded.vocab_size == 640 and padded.encode("USER: hi there") == Tokenizer.from_folder(tiny).encode("USER: hi there")
+    assert sorted(p.name for p in old.iterdir()) == ["config.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
