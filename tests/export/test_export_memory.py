@@ -61,9 +61,13 @@ def test_checkpoint_is_unmapped_while_lowering(checkpoint, tmp_path, monkeypatch
     """The kept unquantised tensors (norms, biases, ...) are copied out of the memory-mapped checkpoint, so dropping
     the eager model unmaps the file: at 1.7B its 6.3 GB of pages stayed in the RSS through lowering, and parity's
     reload mapped it a second time (20.6 GB)."""
+    import shutil
+
     import alignkd.export.executorch as et
     from alignkd.export import export_bundle
 
+    # A private copy: other tests of the session may hold models loaded from the shared fixture, which map it too.
+    checkpoint = Path(shutil.copytree(checkpoint, tmp_path / "checkpoint"))
     weights = str((checkpoint / "model.safetensors").resolve())
     mapped = lambda: [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(weights)]
 
