@@ -273,9 +273,13 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
         history.close()
 
     # ---- save -------------------------------------------------------------------------------------
+    # The skipped-record gather comes before the save, not last: its gloo work holds Python tensors and is freed by
+    # a gloo worker thread, which needs the GIL. Were it the last collective, the worker could still be freeing
+    # it when run() returns and the main thread, holding the GIL, frees the DDP reducer and joins that worker:
+    # both ranks deadlocked after everything was written (seen under load in the 2-process test).
+    collator.merge(_gather_skipped(collator))
     accelerator.wait_for_everyone()
     save_final(accelerator, module, tokenizer, out_dir)
-    collator.merge(_gather_skipped(collator))
     if accelerator.is_main_process:
         summary = {"steps": step, "seconds": time.perf_counter() - t_start, "skipped_records": dict(collator.skipped),
                    "skipped_summary": collator.summary(), "final": history.last}
