@@ -395,7 +395,7 @@ def reproduce(
     docs: Optional[Path] = typer.Option(None, "--docs", help="docs/reproduction.md to write the table and plot into (default: that file when "
                                         "run from the repository, else nowhere)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"rows": [{"name", "seeds", "mean", "std", ...}]} instead of the table.'),
-    jobs: int = typer.Option(1, "--jobs", help="Students trained at once, each in its own process (2 on 2 cores: the full protocol's 60 minutes)."),
+    jobs: int = typer.Option(1, "--jobs", help="Students trained at once, each in its own process of cores/N threads (2 suits 2 cores)."),
 ) -> None:
     """The paper's ablations in miniature (Tables 3 and 4, forward vs reverse KL, lambda, the released code): seeds, means, intervals."""
     try:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from alignkd.export.parts import TokenEmbedding
-from alignkd.export.quantize import quantize_decoder_linears, quantize_embedding, quantize_vision_dynamic
+from alignkd.export.quantize import is_plain, quantize_decoder_linears, quantize_embedding, quantize_vision_dynamic
 from alignkd.export.vision_lowered import LoweredVisionEncoder
 
 PTE_FILE = "model.pte"
@@ -208,10 +208,6 @@ def trace_executorch(model, tokenizer, quant: str, *, group_size: int, embedding
             "parts": _parts(cfg, quant, embedding_bits, vision_quant)}
 
 
-def _plain(t) -> bool:
-    return type(t) in (torch.Tensor, nn.Parameter)
-
-
 def own_tensors(modules: list[nn.Module], model: nn.Module) -> int:
     """In place: give `modules` their own copy of every tensor they still share with `model`; returns the bytes.
 
@@ -220,12 +216,12 @@ def own_tensors(modules: list[nn.Module], model: nn.Module) -> int:
     one mapping for the whole file: while one of them lives, dropping the model unmaps nothing, the file's pages
     read while quantising (6.3 GB at 1.7B) stay in the RSS through lowering, and parity's reload maps the file
     a second time next to them. Copied, the caller can drop the model and the mapping goes with it."""
-    shared = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()) if _plain(t)}
+    shared = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()) if is_plain(t)}
     copies: dict[int, torch.Tensor] = {}
     for module in (m for root in modules for m in root.modules()):
         for table in (module._parameters, module._buffers):
             for name, t in table.items():
-                if t is None or not _plain(t) or t.untyped_storage().data_ptr() not in shared:
+                if t is None or not is_plain(t) or t.untyped_storage().data_ptr() not in shared:
                     continue
                 if id(t) not in copies:  # a tensor two modules share stays shared
                     clone = t.detach().clone()
@@ -270,7 +266,7 @@ def release_mapped_pages(tensors) -> int:
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = 0
     for t in tensors:
-        if not isinstance(t, torch.Tensor) or not _plain(t) or t.nbytes == 0:
+        if not isinstance(t, torch.Tensor) or not is_plain(t) or t.nbytes == 0:
             continue
         lo, hi = t.data_ptr(), t.data_ptr() + t.nbytes
         span = next(((a, b) for a, b in spans if a <= lo and hi <= b), None)
@@ -326,7 +322,7 @@ def _forget_traced_tensors(envs) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
 

@@ -105,6 +105,11 @@ def check_backend(target: str) -> None:
 # ---- ExecuTorch (torchao / executorch APIs) ---------------------------------------------------------------
 
 
+def is_plain(t) -> bool:
+    """A plain tensor or parameter: not yet a quantised tensor subclass (nor a fake or functional wrapper)."""
+    return type(t) in (torch.Tensor, nn.Parameter)
+
+
 def quantize_decoder_linears(module: nn.Module, scheme: str, group_size: int, lm_head: str | None = None) -> nn.Module:
     """In place: every nn.Linear to int8 dynamic activations + int4 (grouped) or int8 (per channel) weights; the
     linear named `lm_head` (its qualified name in `module`), if given, to int8 per-channel weights whatever the
@@ -112,7 +117,7 @@ def quantize_decoder_linears(module: nn.Module, scheme: str, group_size: int, lm
     from torchao.quantization import quantize_
 
     # Linears whose weight is already a quantised tensor subclass are left as they are (layer-by-layer callers).
-    plain = lambda m: isinstance(m, nn.Linear) and type(m.weight) in (torch.Tensor, nn.Parameter)  # noqa: E731
+    plain = lambda m: isinstance(m, nn.Linear) and is_plain(m.weight)  # noqa: E731
     quantize_(module, _weight_config(scheme, group_size), filter_fn=lambda m, fqn: plain(m) and fqn != lm_head)
     if lm_head is not None:
         quantize_(module, _weight_config("8da8w", group_size), filter_fn=lambda m, fqn: plain(m) and fqn == lm_head)
