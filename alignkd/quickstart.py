@@ -112,14 +112,14 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
     return from_dict(TrainConfig, data)
 
 
-def _train(cfg):
+def _train(cfg, progress: bool = True):
     """A training step of the quickstart owns its folder: continue an interrupted run from its last checkpoint,
     else replace what an earlier attempt left (the recipe refuses a used folder without one of the two)."""
     from alignkd.distill.checkpoint import latest_checkpoint
     from alignkd.distill.recipe import run
 
     resume = latest_checkpoint(Path(cfg.output_dir)) is not None
-    return run(cfg, resume=resume, overwrite=not resume)
+    return run(cfg, resume=resume, overwrite=not resume, progress=progress)
 
 
 class _Steps:

@@ -136,7 +136,8 @@ def _row_slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
-def _student(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: ReproduceConfig, qs) -> Path:
+def _student(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: ReproduceConfig, qs,
+             progress: bool = True) -> Path:
     from alignkd.quickstart import _train, _train_config
 
     folder = out / "rows" / _row_slug(row.name) / f"seed-{seed}"
@@ -150,7 +151,7 @@ def _student(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: Re
 
         train.loss = from_dict(LossConfig, {"focus_k": qs.focus_k, **row.loss})
     train.tensorboard = False
-    _train(train)
+    _train(train, progress=progress)
     return folder / "student"
 
 
@@ -189,12 +190,19 @@ def reproduce(out: Path, cfg: ReproduceConfig | None = None, log=print) -> dict:
     rows = [r for r in ROWS if r.name in cfg.rows]
     tasks = [(row, seed) for row in rows for seed in range(cfg.seeds)]
     pending = [(row, seed) for row, seed in tasks if not _done(out, row, seed).is_file()]
-    if cfg.jobs > 1 and len(pending) > 1:
-        _run_parallel(pending, out, world, teacher, cfg, qs, log)
+    try:
+        if cfg.jobs > 1 and len(pending) > 1:
+            _run_parallel(pending, out, world, teacher, cfg, qs, log)
+        for row, seed in tasks:
+            if not _done(out, row, seed).is_file():
+                _task(row, seed, out, world, teacher, cfg, qs)
+    except KeyboardInterrupt:
+        kept = sum(_done(out, row, seed).is_file() for row, seed in tasks)
+        raise AlignKDError(f"interrupted: {kept} of {len(tasks)} students are trained and scored under {out / 'rows'}; "
+                           "run the same command again to continue (an unfinished student continues from its last "
+                           "checkpoint)") from None
     runs: dict[str, list[dict]] = {}
     for row, seed in tasks:
-        if not _done(out, row, seed).is_file():
-            _task(row, seed, out, world, teacher, cfg, qs)
         runs.setdefault(row.name, []).append(json.loads(_done(out, row, seed).read_text()))
         log(f"{row.name} seed {seed}: average {runs[row.name][-1]['average']:.1f}")
     result = {"label": cfg.label, "seeds": cfg.seeds, "student_steps": cfg.student_steps, "eval_questions": cfg.eval_questions,
@@ -211,46 +219,44 @@ def _done(out: Path, row: Row, seed: int) -> Path:
     return out / "rows" / _row_slug(row.name) / f"seed-{seed}" / "scores.json"
 
 
-def _task(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: ReproduceConfig, qs) -> str:
+def _task(row: Row, seed: int, out: Path, world: Path, teacher: Path, cfg: ReproduceConfig, qs,
+          progress: bool = True) -> str:
     started = time.perf_counter()
-    student = _student(row, seed, out, world, teacher, cfg, qs)
+    student = _student(row, seed, out, world, teacher, cfg, qs, progress)
     scores = {"seed": seed, **_scores(student, world, cfg, qs), "seconds": round(time.perf_counter() - started, 1)}
     _done(out, row, seed).write_text(json.dumps(scores, indent=1) + "\n")
     return f"{row.name} seed {seed}: trained and scored in {scores['seconds']:.0f} s"
 
 
 def _worker_init(threads: int) -> None:
-    import os
-
     import torch
 
     torch.set_num_threads(threads)
-    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; the main process logs each student
 
 
 def _run_parallel(pending, out, world, teacher, cfg, qs, log) -> None:
     """Train the pending students `cfg.jobs` at a time, each process on cores // jobs threads: small students
     use two single-threaded processes better than one two-threaded one. A failure stops the run; the students
-    finished so far are kept and a re-run continues."""
+    finished so far are kept and a re-run continues. The workers show no progress bars (they would interleave):
+    the main process logs each student as it finishes."""
     import multiprocessing
     import os
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(_task, row, seed, out, world, teacher, cfg, qs): (row, seed) for row, seed in pending}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
+        futures = {pool.submit(_task, row, seed, out, world, teacher, cfg, qs, False): (row, seed)
+                   for row, seed in pending}
+        for future in as_completed(futures):
+            err = future.exception()
+            if err is not None:
                 for other in futures:
                     other.cancel()
                 row, seed = futures[future]
-                err = future.exception()
                 if isinstance(err, AlignKDError):
                     raise AlignKDError(f"row {row.name!r} seed {seed}: {err}") from err
                 raise err
-        for future in futures:
             log(future.result())
 
 

@@ -110,7 +110,7 @@ def test_tiny_end_to_end(tiny):
     assert [r["mean"] for r in again["rows"]] == [r["mean"] for r in result["rows"]]
 
 
-def test_parallel_jobs_give_the_serial_rows(tiny, tmp_path):
+def test_parallel_jobs_give_the_serial_rows(tiny, tmp_path, capfd):
     out, qs = tiny
     cfg = ReproduceConfig(seeds=2, student_steps=2, rows=("CE only", "+ reverse-KL logit KD"), quickstart=qs)
     serial = reproduce(out, cfg, log=lambda line: None)  # cached by test_tiny_end_to_end when run in the same module
@@ -118,12 +118,38 @@ def test_parallel_jobs_give_the_serial_rows(tiny, tmp_path):
     run.mkdir()
     (run / "world").symlink_to(out / "world")
     lines = []
+    capfd.readouterr()
     parallel = reproduce(run, replace(cfg, jobs=2), log=lines.append)
     assert sum("trained and scored" in line for line in lines) == 4  # every student came from a worker
+    assert "it/s" not in capfd.readouterr().err  # two workers' progress bars would interleave on one terminal
     assert [r["name"] for r in parallel["rows"]] == [r["name"] for r in serial["rows"]]
     for p, s in zip(parallel["rows"], serial["rows"]):
         assert [x["seed"] for x in p["seeds"]] == [0, 1]
         assert p["mean"] == pytest.approx(s["mean"], abs=1e-6)
+
+
+def test_ctrl_c_says_what_is_kept_and_a_rerun_continues(tiny, tmp_path, monkeypatch):
+    import alignkd.reproduce as rp
+
+    out, qs = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "world").symlink_to(out / "world")
+    cfg = ReproduceConfig(seeds=2, student_steps=2, rows=("CE only",), quickstart=qs)
+    task, calls = rp._task, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(args[:2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return task(*args, **kwargs)
+
+    monkeypatch.setattr(rp, "_task", interrupted_second)
+    with pytest.raises(AlignKDError, match="interrupted: 1 of 2 students are trained and scored .*run the same command again"):
+        reproduce(run, cfg, log=lambda line: None)
+    monkeypatch.setattr(rp, "_task", task)
+    result = reproduce(run, cfg, log=lambda line: None)  # the first student is not trained again
+    assert [s["seed"] for s in result["rows"][0]["seeds"]] == [0, 1]
 
 
 @pytest.mark.parametrize("args,message", [
