@@ -115,7 +115,7 @@ def test_a_training_step_left_unfinished_continues_or_starts_afresh(tmp_path, mo
     from alignkd.quickstart import _train
 
     calls = []
-    monkeypatch.setattr("alignkd.distill.recipe.run", lambda cfg, resume, overwrite: calls.append((resume, overwrite)))
+    monkeypatch.setattr("alignkd.distill.recipe.run", lambda cfg, resume, overwrite, progress: calls.append((resume, overwrite)))
     cfg = SimpleNamespace(output_dir=str(tmp_path / "teacher"))
     _train(cfg)  # nothing there, or only what an attempt without checkpoints left: start afresh
     ckpt = tmp_path / "teacher" / "checkpoints" / "step-3"
