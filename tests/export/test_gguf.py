@@ -300,6 +300,24 @@ def test_vision_file_that_does_not_match_the_manifest_is_refused(pytorch_vision,
         load_vision_encoder(tmp_path / "junk.safetensors", manifest, bundle / "manifest.json")
 
 
+def test_llama_cpp_image_path_and_a_manifest_without_vision_config_are_refused(pytorch_vision):
+    from PIL import Image
+
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.bundle import load_bundle
+    from alignkd.runtime.gguf_backend import load_vision_encoder
+
+    bundle, _ = pytorch_vision
+    with pytest.raises(AlignKDError, match=r"has no llama.cpp image path \(it was exported with --vision-runtime pytorch\); "
+                                           "re-export it without that option"):
+        load_bundle(bundle).backend.encode_pil(Image.open(GOLDEN / "pair0.png"))
+    manifest = manifest_of(bundle)
+    del manifest["model"]["vision_config"]
+    with pytest.raises(AlignKDError, match=r"manifest.json has no model.vision_config, which the PyTorch vision encoder is "
+                                           "built from; re-export the bundle"):
+        load_vision_encoder(bundle / "vision_encoder.safetensors", manifest, bundle / "manifest.json")
+
+
 def test_manifest_runtime_is_a_closed_set(pytorch_vision):
     from alignkd.contract.manifest import validate
     from alignkd.errors import AlignKDError
