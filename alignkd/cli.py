@@ -80,6 +80,10 @@ def generate(
         )
     except AlignKDError as err:
         _fail(err)
+    from alignkd.runtime.gguf_backend import PYTORCH_VISION_KIND, PYTORCH_VISION_NOTE
+
+    if result.kind == PYTORCH_VISION_KIND and not as_json:  # --json carries it as "kind"
+        typer.echo(f"note: {PYTORCH_VISION_NOTE}", err=True)
     if as_json:
         print(json.dumps(result.to_dict()))
     elif stream:
@@ -320,6 +324,7 @@ def export(
     calibration_images: Optional[list[Path]] = typer.Option(None, "--calibration-images", help="Example images for tracing the vision encoder (default: synthetic); the int8 encoder quantises activations at run time, so they calibrate nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder (only a folder holding an alignkd bundle and nothing else; others are refused)."),
     allow_drift: bool = typer.Option(False, "--allow-drift", help="Write a quantized bundle even below the parity thresholds."),
+    vision_runtime: Optional[str] = typer.Option(None, "--vision-runtime", help="gguf only: llama.cpp (default; mmproj.gguf run by mtmd) or pytorch (the vision encoder as fp32 safetensors run by eager PyTorch, llama.cpp running the language model only: for a model mtmd cannot run, such as a CLIP grid other than 24x24; recorded in manifest.json and shown by generate/eval)."),
 ) -> None:
     """Export a checkpoint to a self-describing bundle (vision_encoder / token_embedding / text_decoder), with parity measured and recorded."""
     try:
@@ -327,11 +332,15 @@ def export(
 
         path = export_bundle(checkpoint, target, quant, out, group_size=group_size, embedding_bits=embedding_bits,
                              vision_quant=vision_quant, max_seq_len=max_seq_len, overwrite=overwrite,
-                             allow_drift=allow_drift, calibration_images=calibration_images)
-        parity = json.loads((path / "manifest.json").read_text())["parity"]
+                             allow_drift=allow_drift, calibration_images=calibration_images, vision_runtime=vision_runtime)
+        manifest = json.loads((path / "manifest.json").read_text())
     except AlignKDError as err:
         _fail(err)
-    typer.echo(f"wrote {path}\n{_parity_summary(parity)}")
+    typer.echo(f"wrote {path}\n{_parity_summary(manifest['parity'])}")
+    if manifest["parts"]["vision_encoder"].get("runtime") == "pytorch":
+        from alignkd.runtime.gguf_backend import PYTORCH_VISION_NOTE
+
+        typer.echo(f"  note: {PYTORCH_VISION_NOTE}")
 
 
 def _parity_summary(parity: dict) -> str:

@@ -12,6 +12,12 @@ deltas, answer agreement, POPE yes-ratio, the parity figures measured at export 
 target (int8 class within 0.5 average points, 4-bit within 1.5) is met; and, where the run has the target's
 full-precision bundle, the same against it (`vs_full_precision`).
 
+The GGUF rows are exported with `--vision-runtime pytorch`: model.gguf is llama.cpp's own file at each scheme
+(written and quantised as `alignkd export --target gguf` does) and llama.cpp runs the language model, while the
+image tokens are the checkpoint's own fp32 PyTorch vision tower + projector (`image_tokens: pytorch` in the row).
+That measures what llama.cpp's quantisation costs, the question of section 4, on any CLIP grid (mtmd's ldpv2
+graph takes only 24x24, and its f16 projector and class-token-last graph would add their own drift: docs/export.md).
+
 Re-runnable: a bundle whose manifest names this checkpoint (sha256) and the same options is reused, and so
 are answers made by the same model and settings (their eval-key.json); anything else is redone.
 
@@ -42,11 +48,11 @@ BUNDLES = {
     "onnx-fp32": ("onnx", "fp32", {}),
     "onnx-int8": ("onnx", "int8", {}),
     "onnx-int4": ("onnx", "int4", {}),
-    "gguf-f32": ("gguf", "f32", {}),
-    "gguf-f16": ("gguf", "f16", {}),
-    "gguf-q8_0": ("gguf", "q8_0", {}),
-    "gguf-q4_0": ("gguf", "q4_0", {}),
-    "gguf-q4_k_s": ("gguf", "q4_k_s", {}),
+    "gguf-f32": ("gguf", "f32", {"vision_runtime": "pytorch"}),
+    "gguf-f16": ("gguf", "f16", {"vision_runtime": "pytorch"}),
+    "gguf-q8_0": ("gguf", "q8_0", {"vision_runtime": "pytorch"}),
+    "gguf-q4_0": ("gguf", "q4_0", {"vision_runtime": "pytorch"}),
+    "gguf-q4_k_s": ("gguf", "q4_k_s", {"vision_runtime": "pytorch"}),
 }
 # Issue 17's targets, in average points (MME-P / 20) against the source checkpoint; full precision must be exact.
 CLASS = {"fp32": "full", "f32": "full", "f16": "int8", "8da8w": "int8", "int8": "int8", "q8_0": "int8",
@@ -163,9 +169,10 @@ def measure(name: str, args, world: Path, ref_dir: Path, reference: dict) -> dic
     from alignkd.errors import AlignKDError
     from alignkd.eval.run import compare
 
-    target, scheme, _ = BUNDLES[name]
+    target, scheme, options = BUNDLES[name]
     bundle, cmp_dir = args.out / "bundles" / name, args.out / "compare" / name
-    row = {"bundle": name, "target": target, "scheme": scheme, "class": CLASS[scheme], "tolerance": TOLERANCE[CLASS[scheme]]}
+    row = {"bundle": name, "target": target, "scheme": scheme, "class": CLASS[scheme], "tolerance": TOLERANCE[CLASS[scheme]],
+           "image_tokens": "pytorch" if options.get("vision_runtime") == "pytorch" else target}
     try:
         manifest = export(name, args, bundle)
         _drop_stale(cmp_dir / "bundle", bundle, "float32", args.max_new_tokens)

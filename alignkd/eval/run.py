@@ -343,6 +343,7 @@ def format_table(result: dict) -> str:
         notes.append(f"answers capped at {result['max_new_tokens']} new tokens; not comparable with paper numbers")
     if avg is None:
         notes.append("Avg needs all six benchmarks")
+    notes += _kind_notes(result.get("kind"))
     if result.get("blind"):
         notes.append("blind control: every image blanked to the preprocessing mean; these scores come from language priors alone")
     if result.get("shuffled"):
@@ -398,6 +399,12 @@ def compare(bundle, reference_checkpoint, benches: list[str], data_dir, out_dir,
     return {"bundle": exp, "reference": ref, "benchmarks": rows, "partial": ref["partial"] or exp["partial"]}
 
 
+def _kind_notes(kind: str | None) -> list[str]:
+    from alignkd.runtime.gguf_backend import PYTORCH_VISION_KIND, PYTORCH_VISION_NOTE
+
+    return [PYTORCH_VISION_NOTE] if kind == PYTORCH_VISION_KIND else []
+
+
 def format_compare(result: dict) -> str:
     """One row per benchmark: reference, bundle, drift, answer agreement."""
     from rich.table import Table
@@ -408,5 +415,5 @@ def format_compare(result: dict) -> str:
     for name, r in result["benchmarks"].items():
         agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.1f}% of {r['n_compared']}"
         table.add_row(COLUMNS[name], r["metric"], f"{r['reference']:.2f}", f"{r['bundle']:.2f}", f"{r['drift']:+.2f}", agree)
-    note = "partial: only the answered subset was scored (--limit)\n" if result["partial"] else ""
-    return _render(table) + note
+    notes = (["partial: only the answered subset was scored (--limit)"] if result["partial"] else []) + _kind_notes(result["bundle"]["kind"])
+    return _render(table) + "".join(f"{n}\n" for n in notes)

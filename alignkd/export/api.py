@@ -95,11 +95,13 @@ def _calibration(paths, image_config) -> list:
     return [processor([load_image(p)]) for p in paths]
 
 
-def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embedding_bits, vision_quant, max_seq_len, calibration):
+def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embedding_bits, vision_quant, vision_runtime,
+                  max_seq_len, calibration):
     if target == "gguf":
         from alignkd.export.gguf import export_gguf
 
-        return export_gguf(model, tokenizer, model.config, model.config.image, staging, quant, vision_quant=vision_quant)
+        return export_gguf(model, tokenizer, model.config, model.config.image, staging, quant, vision_quant=vision_quant,
+                           vision_runtime=vision_runtime)
     if target == "onnx":
         from alignkd.export.onnx import export_onnx
 
@@ -111,9 +113,10 @@ def _export_parts(model, tokenizer, target, quant, staging, *, group_size, embed
 
 def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *, group_size: int = 32, embedding_bits: int = 8,
                   vision_quant: str | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, overwrite: bool = False,
-                  allow_drift: bool = False, calibration_images=None) -> Path:
+                  allow_drift: bool = False, calibration_images=None, vision_runtime: str | None = None) -> Path:
     """Export `checkpoint` to a bundle folder `out` for `target` with scheme `quant` (None: the target's default,
-    DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output)."""
+    DEFAULT_SCHEME); returns `out`. `overwrite` replaces only a folder holding an alignkd bundle (alignkd.export.output).
+    `vision_runtime` (gguf only): "pytorch" keeps the vision encoder as PyTorch weights (alignkd.export.gguf)."""
     from alignkd.contract.manifest import load_schema
     from alignkd.export import manifest as mf
     from alignkd.export.output import clean_stale_staging, make_staging, swap_in
@@ -123,8 +126,12 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     quant = quant or DEFAULT_SCHEME.get(target, "fp32")
+    from alignkd.export.gguf import check_vision_runtime
+
+    vision_runtime = check_vision_runtime(target, vision_runtime, vision_quant)
     # llama.cpp ships quantised models with an f16 projector; elsewhere the vision encoder defaults to fp32.
-    vision_quant = vision_quant or ("fp16" if target == "gguf" and quant != "f32" else "fp32")
+    mtmd = target == "gguf" and vision_runtime == "llama.cpp"
+    vision_quant = vision_quant or ("fp16" if mtmd and quant != "f32" else "fp32")
     check_options(target, quant, group_size=group_size, embedding_bits=embedding_bits, vision_quant=vision_quant)
     load_schema()  # the manifest is validated last: a broken install must fail now, not after the export
     from alignkd.models.checkpoint import load_checkpoint, load_config
@@ -143,7 +150,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     if target == "gguf":
         from alignkd.export.gguf import check_model
 
-        check_model(config)
+        check_model(config, vision_runtime)
 
     clean_stale_staging(out)
     staging = make_staging(out)
@@ -170,7 +177,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
                 model, _ = load_checkpoint(checkpoint)
         else:
             with stages("export", f"{target} {quant}"):
-                parts = _export_parts(model, tokenizer, target, quant, staging, **options)
+                parts = _export_parts(model, tokenizer, target, quant, staging, vision_runtime=vision_runtime, **options)
         export_s = time.perf_counter() - t_parts
         extra = {}
         if target == "gguf":
@@ -234,7 +241,8 @@ def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str
     pixels = ImageProcessor(config.image)([image])
     ids = tokenize_with_image(build_prompt(question, 1), tokenizer)
     judged = bundle
-    if manifest["target"] == "gguf":  # llama.cpp's image path is measured apart: alignkd.export.gguf.EagerImages
+    mtmd = manifest["target"] == "gguf" and manifest["parts"]["vision_encoder"].get("runtime") != "pytorch"
+    if mtmd:  # llama.cpp's image path is measured apart: alignkd.export.gguf.EagerImages
         from alignkd.export.gguf import EagerImages
 
         judged = EagerImages(eager, bundle)
@@ -244,7 +252,7 @@ def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str
               "parts": parity.part_parity(eager, bundle, pixels, ids),
               "end_to_end": parity.end_to_end(eager, judged, tokenizer, config.image),
               "answers": parity.answer_parity(eager, judged, tokenizer, config.image)}
-    if manifest["target"] == "gguf":
+    if mtmd:
         from alignkd.export.gguf import image_path_parity
 
         result.update(image_path_parity(eager, bundle, model, tokenizer, config, pixels))

@@ -8,8 +8,14 @@
 - `mmproj.gguf`: CLIP up to `mm_vision_select_layer` and the LDPv2 projector, as llama.cpp's clip/mtmd loads
   MobileVLM V2 (`clip.projector_type = ldpv2`, the tensor names of its legacy `convert_image_encoder_to_gguf.py`),
   f32 or f16 (2-D and 4-D weights in f16, the rest f32, as that converter does).
+- With `--vision-runtime pytorch`, for a model whose vision side mtmd cannot run (a CLIP patch grid other than
+  24x24, such as the synthetic world's toy teacher): `vision_encoder.safetensors` instead of `mmproj.gguf`, the
+  CLIP tower and LDPv2 projector in fp32, which the GGUF runtime runs in eager PyTorch (the checkpoint's own
+  `MobileVLM.encode_images`) next to llama.cpp's decoder. The manifest says so (`parts.vision_encoder.runtime:
+  pytorch`) and so do `alignkd generate` / `eval` (kind `gguf+pytorch-vision`): the image tokens are not llama.cpp's.
 
     alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target gguf --quant q4_k_s -o out/tiny_gguf
+    alignkd export alignkd/assets/synth_teacher --target gguf --quant q8_0 --vision-runtime pytorch -o out/teacher_gguf
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from alignkd.errors import AlignKDError
 
 MODEL_FILE = "model.gguf"
 PROJECTOR_FILE = "mmproj.gguf"
+VISION_FILE = "vision_encoder.safetensors"  # --vision-runtime pytorch
+# Who computes the image tokens: llama.cpp's mtmd on mmproj.gguf (the default), or eager PyTorch.
+VISION_RUNTIMES = ("llama.cpp", "pytorch")
 # llama.cpp's LDPv2 graph (tools/mtmd/models/llava.cpp) hard-codes a 24x24 CLIP patch grid before the 2x2 pool.
 LDPV2_GRID = 24
 # --quant -> llama.cpp's `enum llama_ftype` (include/llama.h); f32 is written directly, never quantised.
@@ -33,17 +42,32 @@ PROJECTOR_DTYPES = ("fp32", "fp16")
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
-def check_model(config) -> None:
-    """Refuse, before any work, a model llama.cpp's MobileVLM V2 path cannot run."""
+def check_vision_runtime(target: str, vision_runtime: str | None, vision_quant: str | None) -> str:
+    """The vision runtime to use (llama.cpp unless given); refuses one that does not fit the target or options."""
+    if vision_runtime is None:
+        return "llama.cpp"
+    if vision_runtime not in VISION_RUNTIMES:
+        raise AlignKDError(f"unknown vision runtime {vision_runtime!r}; valid: {', '.join(VISION_RUNTIMES)}")
+    if target != "gguf":
+        raise AlignKDError(f"--vision-runtime is only for the gguf target, not {target} (its vision encoder is always its own "
+                           "runtime's); drop the option")
+    if vision_runtime == "pytorch" and vision_quant not in (None, "fp32"):
+        raise AlignKDError(f"--vision-runtime pytorch keeps the vision encoder in fp32, not {vision_quant}; drop --vision-quant")
+    return vision_runtime
+
+
+def check_model(config, vision_runtime: str = "llama.cpp") -> None:
+    """Refuse, before any work, a model llama.cpp's MobileVLM V2 path cannot run (with the PyTorch vision runtime,
+    only what the language model needs)."""
     vision = config.vision
     if config.projector_type != "ldpnetv2":
         raise AlignKDError(f"the gguf target needs MobileVLM V2's ldpnetv2 projector (llama.cpp type ldpv2), not "
                            f"{config.projector_type!r}; export this model with --target executorch or onnx")
     grid = vision.image_size // vision.patch_size
-    if grid != LDPV2_GRID:
+    if grid != LDPV2_GRID and vision_runtime == "llama.cpp":
         raise AlignKDError(f"llama.cpp's ldpv2 projector needs a {LDPV2_GRID}x{LDPV2_GRID} CLIP patch grid but this model has "
                            f"{grid}x{grid} (image {vision.image_size}, patch {vision.patch_size}); use another target")
-    if config.select_feature != "patch":
+    if config.select_feature != "patch" and vision_runtime == "llama.cpp":
         raise AlignKDError(f"llama.cpp's llava graph takes patch features only, not mm_vision_select_feature "
                            f"{config.select_feature!r}; use another target")
     rope = _rope(config.llm)
@@ -258,12 +282,29 @@ def llama_cpp_info() -> dict:
 # ---- the bundle's parts ------------------------------------------------------------------------------------
 
 
+def write_vision_encoder(model, path: Path) -> None:
+    """The CLIP tower and LDPv2 projector in fp32 safetensors under the official key names (what a checkpoint holds
+    of them), run by the GGUF runtime through `MobileVLM.encode_images`, the eager model's own code."""
+    from safetensors.torch import save_file
+
+    from alignkd.models.checkpoint import to_official_key
+    from alignkd.runtime.gguf_backend import VISION_PREFIXES
+
+    state = {to_official_key(k): v.detach().float().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(VISION_PREFIXES)}
+    save_file(state, str(path), metadata={"function": "MobileVLM.encode_images"})
+
+
 def export_gguf(model, tokenizer, config, image_config, folder: Path, quant: str, *, vision_quant: str,
-                threads: int | None = None) -> dict:
-    """Write model.gguf and mmproj.gguf into `folder`; returns the manifest's `parts`."""
+                vision_runtime: str = "llama.cpp", threads: int | None = None) -> dict:
+    """Write model.gguf and the vision side (mmproj.gguf, or vision_encoder.safetensors for the PyTorch vision
+    runtime) into `folder`; returns the manifest's `parts`."""
     folder = Path(folder)
     name = "MobileVLM V2 (alignkd)"
-    write_projector(model, config, image_config, folder / PROJECTOR_FILE, vision_quant, f"{name} vision")
+    if vision_runtime == "pytorch":
+        write_vision_encoder(model, folder / VISION_FILE)
+    else:
+        write_projector(model, config, image_config, folder / PROJECTOR_FILE, vision_quant, f"{name} vision")
     model_path = folder / MODEL_FILE
     if quant == "f32":
         write_language_model(model.llm, tokenizer, model_path, name)
@@ -274,16 +315,22 @@ def export_gguf(model, tokenizer, config, image_config, folder: Path, quant: str
             quantize(source, model_path, quant, threads)
         finally:
             source.unlink(missing_ok=True)
-    return parts_entry(config, quant, vision_quant)
+    return parts_entry(config, quant, vision_quant, vision_runtime)
 
 
-def parts_entry(config, quant: str, vision_quant: str) -> dict:
+def parts_entry(config, quant: str, vision_quant: str, vision_runtime: str = "llama.cpp") -> dict:
     vision, d = config.vision, config.llm.hidden_size
-    pixels = {"name": "pixel_values", "shape": [1, 3, vision.image_size, vision.image_size], "dtype": "uint8"}
+    image_tokens = [{"name": "image_embeddings", "shape": [1, config.num_image_tokens, d], "dtype": "float32"}]
+    if vision_runtime == "pytorch":  # normalised pixels, as the other targets' vision encoders take them
+        encoder = {"file": VISION_FILE, "quant": "fp32", "function": "MobileVLM.encode_images", "runtime": "pytorch",
+                   "inputs": [{"name": "pixel_values", "shape": [1, 3, vision.image_size, vision.image_size], "dtype": "float32"}],
+                   "outputs": image_tokens}
+    else:
+        pixels = {"name": "pixel_values", "shape": [1, 3, vision.image_size, vision.image_size], "dtype": "uint8"}
+        encoder = {"file": PROJECTOR_FILE, "quant": vision_quant, "function": "mtmd_encode_chunk", "inputs": [pixels],
+                   "outputs": image_tokens}
     return {
-        "vision_encoder": {"file": PROJECTOR_FILE, "quant": vision_quant, "function": "mtmd_encode_chunk",
-                           "inputs": [pixels], "outputs": [{"name": "image_embeddings",
-                                                            "shape": [1, config.num_image_tokens, d], "dtype": "float32"}]},
+        "vision_encoder": encoder,
         "token_embedding": {"file": MODEL_FILE, "quant": quant, "function": "token_embd.weight",
                             "inputs": [{"name": "input_ids", "shape": [1, "seq"], "dtype": "int32"}],
                             "outputs": [{"name": "embeddings", "shape": [1, "seq", d], "dtype": "float32"}]},

@@ -171,13 +171,18 @@ def load_config(folder: str | Path, vision_tower: str | Path | None = None) -> M
     if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
         raise AlignKDError(f"{folder / 'config.json'}: {POOLED_GRID_KEY}={grid!r} must be a positive integer (the side of LDPv2's "
                            f"pooled grid; leave it out for the official {POOLED_GRID})")
+    return config_from_official(raw, llm, vision, image, grid)
+
+
+def config_from_official(raw: dict, llm: LlamaConfig, vision: CLIPVisionConfig, image: ImageConfig, grid: int) -> MobileVLMConfig:
+    """The MobileVLMConfig of an official config.json's (checked) keys and its parsed parts."""
     known = set(_LLAMA_KEYS) | set(_MM_KEYS) | {POOLED_GRID_KEY}
     return MobileVLMConfig(
         llm=llm,
         vision=vision,
         image=image,
         vision_tower_name=raw.get("mm_vision_tower", CLIP_L_336),
-        projector_type=projector,
+        projector_type=raw["mm_projector_type"],
         select_layer=int(raw.get("mm_vision_select_layer", -2)),
         select_feature=raw.get("mm_vision_select_feature", "patch"),
         # The official loader uses max_sequence_length and falls back to 2048 without it.
@@ -302,6 +307,17 @@ def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, visi
         raise AlignKDError(f"{folder / 'tokenizer.model'} has {tokenizer.vocab_size} pieces but config.json has vocab_size {config.llm.vocab_size}; the tokenizer belongs to another model")
     model = build_model(config, read_state_dict(folder, dtype, device), folder, dtype, device)
     return model.eval(), tokenizer
+
+
+def config_from_manifest(model: dict, image: ImageConfig, where: Path) -> MobileVLMConfig:
+    """The MobileVLMConfig an exported bundle's manifest records (`model.config`: the official config.json that
+    `config_to_official` wrote; `model.vision_config`: the CLIP config), for the parts a bundle runs in PyTorch."""
+    if "vision_config" not in model:
+        raise AlignKDError(f"{where} has no model.vision_config, which the PyTorch vision encoder is built from; re-export the bundle")
+    raw = model["config"]
+    vision = {k: v for k, v in model["vision_config"].items() if k not in ("model_type", "transformers_version", "architectures")}
+    return config_from_official(raw, llama_config(raw, where), CLIPVisionConfig(**vision), image,
+                                raw.get(POOLED_GRID_KEY, POOLED_GRID))
 
 
 def config_to_official(config: MobileVLMConfig) -> dict:

@@ -36,13 +36,17 @@ def make_backend(folder: Path, manifest: dict, threads: int | None = None):
 
         return CoreMLBackend(folder, manifest)
     if target == "gguf":
-        from alignkd.runtime.gguf_backend import GGUFBackend
+        from alignkd.runtime.gguf_backend import GGUFBackend, load_vision_encoder
 
         parts, image = manifest["parts"], manifest["image"]
-        return GGUFBackend(bundle_path(folder, parts["text_decoder"]["file"], "part text_decoder"),
-                           bundle_path(folder, parts["vision_encoder"]["file"], "part vision_encoder"), manifest["max_seq_len"],
-                           exact=manifest["quant"]["scheme"] == "f32", image_size=image["size"], mean=image["mean"],
-                           std=image["std"], rescale_factor=image["rescale_factor"], threads=threads)
+        vision_file = bundle_path(folder, parts["vision_encoder"]["file"], "part vision_encoder")
+        vision = None
+        if parts["vision_encoder"].get("runtime") == "pytorch":
+            vision, vision_file = load_vision_encoder(vision_file, manifest, folder / "manifest.json"), None
+        return GGUFBackend(bundle_path(folder, parts["text_decoder"]["file"], "part text_decoder"), vision_file,
+                           manifest["max_seq_len"], exact=manifest["quant"]["scheme"] == "f32", image_size=image["size"],
+                           mean=image["mean"], std=image["std"], rescale_factor=image["rescale_factor"], threads=threads,
+                           vision=vision)
     raise AlignKDError(f"bundle target {target!r} is unknown; valid targets: executorch, onnx, coreml, gguf")
 
 
@@ -63,6 +67,15 @@ def load_bundle(path, threads: int | None = None):
     tokenizer = Tokenizer.from_folder(folder)
     backend = make_backend(folder, manifest, threads)
     size = sum(entry["bytes"] for entry in manifest["files"].values())
-    return LoadedModel(backend, tokenizer, image_config, manifest["target"], str(folder), manifest["prompt"]["template"],
+    return LoadedModel(backend, tokenizer, image_config, kind_of(manifest), str(folder), manifest["prompt"]["template"],
                        size_bytes=size, info={"quant": manifest["quant"], "max_seq_len": manifest["max_seq_len"],
                                               "parity": manifest["parity"].get("end_to_end", {}).get("exact_match")})
+
+
+def kind_of(manifest: dict) -> str:
+    """The loaded model's kind: the target, or `gguf+pytorch-vision` where llama.cpp runs only the language model."""
+    if manifest["target"] == "gguf" and manifest["parts"]["vision_encoder"].get("runtime") == "pytorch":
+        from alignkd.runtime.gguf_backend import PYTORCH_VISION_KIND
+
+        return PYTORCH_VISION_KIND
+    return manifest["target"]

@@ -57,6 +57,7 @@ class GenerationResult:
     n_prompt_positions: int  # after the image splice
     stop_reason: str  # "eos", "stop_string", "max_new_tokens" or "context_full"
     timings: dict = field(default_factory=dict)
+    kind: str | None = None  # what answered (LoadedModel.kind), where the caller loaded it: e.g. gguf+pytorch-vision
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,6 +5,10 @@
   square image they came from (the official preprocessing resizes on uint8), which mtmd takes unchanged at
   the model's image size and normalises with the mean/std stored in the projector. `encode_pil` runs
   llama.cpp's own preprocessing instead (its pad/resize differs from the official one: see docs/export.md).
+  A bundle exported with `--vision-runtime pytorch` has no projector GGUF: its image tokens come from the
+  checkpoint's own CLIP tower and LDPv2 projector (`MobileVLM.encode_images`, weights from
+  `vision_encoder.safetensors`, config from the manifest) in eager PyTorch (`load_vision_encoder`); the loaded
+  model's kind is then `gguf+pytorch-vision`.
 - Text: embeddings in, through `llama_decode` with `llama_batch.embd` (the loop splices image tokens into the
   prompt embeddings, as for every backend); token embeddings are rows of the GGUF's `token_embd.weight`,
   dequantised on demand by the `gguf` package (no copy of the table is kept).
@@ -27,6 +31,10 @@ from alignkd.errors import AlignKDError
 
 GGML_TYPE_F32 = 0
 PROJECTOR_TYPE = "ldpv2"
+VISION_PREFIXES = ("vision_tower.", "mm_projector.")  # MobileVLM's modules in vision_encoder.safetensors
+PYTORCH_VISION_KIND = "gguf+pytorch-vision"  # LoadedModel.kind of a bundle whose image tokens are PyTorch's
+PYTORCH_VISION_NOTE = ("this GGUF bundle's image tokens come from its PyTorch vision encoder (vision_encoder.safetensors), "
+                       "not llama.cpp's mtmd; only the language model runs in llama.cpp")
 
 
 def _import():
@@ -65,23 +73,59 @@ def projector_type(path: Path) -> str | None:
     return None if field is None else str(field.contents())
 
 
-class GGUFBackend:
-    """One llama.cpp model + context (one sequence) and one mtmd context on the projector."""
+def load_vision_encoder(path: Path, manifest: dict, where: Path):
+    """`MobileVLM.encode_images` of a model built from the manifest's config on the meta device, its CLIP tower and
+    projector given the weights of `path` (official key names, safetensors); the language model stays on meta."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    def __init__(self, model_path: Path, projector_path: Path, max_seq_len: int, *, exact: bool, image_size: int,
-                 mean, std, rescale_factor: float, threads: int | None = None):
+    from alignkd.data.image import ImageConfig
+    from alignkd.models.checkpoint import config_from_manifest, from_official_key
+    from alignkd.models.mobilevlm import MobileVLM
+
+    image = manifest["image"]
+    config = config_from_manifest(manifest["model"], ImageConfig(size=image["size"]), where)
+    with torch.device("meta"):
+        model = MobileVLM(config)
+    try:
+        state = {from_official_key(k): v for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError) as err:
+        raise AlignKDError(f"cannot read the vision encoder {path} ({err}); re-export the bundle") from None
+    expected = {k for k in model.state_dict() if k.startswith(VISION_PREFIXES)}
+    if set(state) != expected:
+        odd = sorted(set(state) ^ expected)
+        raise AlignKDError(f"{path} does not hold the vision encoder {where} describes ({len(odd)} weights missing or "
+                           f"unexpected, such as {odd[0]!r}); re-export the bundle")
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as err:  # a shape that differs from the config's
+        raise AlignKDError(f"{path} does not hold the vision encoder {where} describes "
+                           f"({str(err).splitlines()[-1].strip()}); re-export the bundle") from None
+    emb = model.vision_tower.embeddings  # a non-persistent buffer: not in the file, computed as checkpoint loading does
+    emb.register_buffer("position_ids", torch.arange(emb.num_positions).expand((1, -1)), persistent=False)
+    return model.eval().encode_images
+
+
+class GGUFBackend:
+    """One llama.cpp model + context (one sequence) and one mtmd context on the projector, or, with `vision`
+    (a PyTorch module: pixel values -> image tokens), no projector: llama.cpp runs the language model only."""
+
+    def __init__(self, model_path: Path, projector_path: Path | None, max_seq_len: int, *, exact: bool, image_size: int,
+                 mean, std, rescale_factor: float, threads: int | None = None, vision=None):
         gguf, self._llama, self._mtmd = _import()
-        found = projector_type(projector_path)
-        if found != PROJECTOR_TYPE:
-            raise AlignKDError(f"{projector_path} is not a MobileVLM V2 projector (clip.projector_type {found!r}, expected "
-                               f"{PROJECTOR_TYPE!r}); re-export the bundle with alignkd export --target gguf")
+        self._vision = vision
+        if vision is None:
+            found = projector_type(projector_path)
+            if found != PROJECTOR_TYPE:
+                raise AlignKDError(f"{projector_path} is not a MobileVLM V2 projector (clip.projector_type {found!r}, expected "
+                                   f"{PROJECTOR_TYPE!r}); re-export the bundle with alignkd export --target gguf")
         self.max_seq_len = max_seq_len
         # torch's thread count (what `alignkd profile` records); llama.cpp's own default is a fixed 4.
         threads = threads or torch.get_num_threads()
         self._pixels = (np.asarray(mean, np.float32), np.asarray(std, np.float32), rescale_factor, image_size)
         self._model = self._load_model(model_path)
         self._ctx = self._new_context(threads, exact)
-        self._mctx = self._load_projector(projector_path, threads)
+        self._mctx = self._load_projector(projector_path, threads) if vision is None else None
         self.n_embd = self._llama.llama_model_n_embd(self._model)
         self.vocab_size = self._llama.llama_vocab_n_tokens(self._llama.llama_model_get_vocab(self._model))
         self._batch = self._llama.llama_batch_init(max_seq_len, self.n_embd, 1)
@@ -137,6 +181,9 @@ class GGUFBackend:
     def encode_rgb(self, rgb: np.ndarray) -> torch.Tensor:
         """llama.cpp's image path on an RGB uint8 [H, W, 3] array: its preprocessing, CLIP and the projector."""
         M = self._mtmd
+        if self._mctx is None:
+            raise AlignKDError("this GGUF bundle has no llama.cpp image path (it was exported with --vision-runtime pytorch); "
+                               "re-export it without that option to run llama.cpp's mtmd")
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         bitmap = M.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0], rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
         chunks = M.mtmd_input_chunks_init()
@@ -156,6 +203,9 @@ class GGUFBackend:
             M.mtmd_bitmap_free(bitmap)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._vision is not None:
+            with torch.inference_mode():
+                return self._vision(pixel_values.float())
         return self.encode_rgb(self._to_uint8(pixel_values))
 
     def encode_pil(self, image) -> torch.Tensor:

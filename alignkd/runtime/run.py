@@ -31,4 +31,6 @@ def generate_from_checkpoint(model_dir: Path, question: str, image: Path | None 
         stream(text[printed[0]:])
         printed[0] = len(text)
 
-    return generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, template, on_token if stream else None)
+    result = generate(loaded.backend, loaded.tokenizer, prompt, pixels, config, template, on_token if stream else None)
+    result.kind = loaded.kind
+    return result

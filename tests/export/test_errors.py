@@ -119,3 +119,13 @@ def test_drift_below_threshold_fails_unless_allowed(checkpoint, tmp_path, monkey
     out = export_bundle(checkpoint, "onnx", "int8", tmp_path / "b", max_seq_len=512, allow_drift=True)
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["passed"] is False and m["parity"]["allow_drift"] is True
+
+
+def test_bad_vision_runtime(checkpoint, tmp_path):
+    with pytest.raises(AlignKDError, match="unknown vision runtime 'eager'; valid: llama.cpp, pytorch"):
+        export_bundle(checkpoint, "gguf", "f32", tmp_path / "b", vision_runtime="eager")
+    with pytest.raises(AlignKDError, match="--vision-runtime is only for the gguf target, not onnx"):
+        export_bundle(checkpoint, "onnx", "fp32", tmp_path / "b", vision_runtime="pytorch")
+    with pytest.raises(AlignKDError, match="--vision-runtime pytorch keeps the vision encoder in fp32, not fp16; drop --vision-quant"):
+        export_bundle(checkpoint, "gguf", "q4_0", tmp_path / "b", vision_runtime="pytorch", vision_quant="fp16")
+    assert not (tmp_path / "b").exists()

@@ -198,3 +198,131 @@ def test_cli_export_defaults_to_f32_and_loads_as_gguf(bundles):
     assert "--quant" not in args and result.exit_code == 0
     assert result.stdout.startswith(f"wrote {bundle}\n") and "end to end: exact eager tokens True" in result.stdout
     assert load_bundle(bundle).kind == "gguf"
+
+
+# ---- --vision-runtime pytorch: llama.cpp's language model, the checkpoint's own PyTorch image tokens ----------
+
+TEACHER = Path(__file__).resolve().parents[2] / "alignkd" / "assets" / "synth_teacher"  # 12x12 CLIP grid
+
+
+@pytest.fixture(scope="module")
+def pytorch_vision(tmp_path_factory):
+    """The shipped toy teacher (a grid mtmd cannot run) exported through the CLI with --vision-runtime pytorch."""
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+
+    out = tmp_path_factory.mktemp("gguf_pytorch_vision") / "bundle"
+    result = CliRunner().invoke(app, ["export", str(TEACHER), "--target", "gguf", "--vision-runtime", "pytorch",
+                                      "--max-seq-len", "512", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_pytorch_vision_bundle_says_so(pytorch_vision):
+    from alignkd.runtime.bundle import load_bundle
+
+    bundle, result = pytorch_vision
+    m = manifest_of(bundle)
+    vision = m["parts"]["vision_encoder"]
+    assert (vision["file"], vision["runtime"], vision["quant"], vision["function"]) == (
+        "vision_encoder.safetensors", "pytorch", "fp32", "MobileVLM.encode_images")
+    assert m["parts"]["text_decoder"]["file"] == "model.gguf" and "mmproj.gguf" not in m["files"]
+    assert "llama_cpp_image_path" not in m["parity"]  # no mtmd in this bundle
+    assert m["parity"]["passed"] and m["parity"]["end_to_end"]["exact_match"]
+    assert m["parity"]["parts"]["vision_encoder"]["max_abs"] == 0.0
+    assert "not llama.cpp's mtmd" in result.stdout
+    assert load_bundle(bundle).kind == "gguf+pytorch-vision"
+
+
+def test_pytorch_vision_bundle_gives_the_checkpoints_tokens(pytorch_vision):
+    """The bundle on its own (no eager model fed in): llama.cpp's f32 decoder on the PyTorch image tokens."""
+    from alignkd.runtime.run import generate_from_checkpoint
+
+    bundle, _ = pytorch_vision
+    golden = json.loads((GOLDEN / "golden.json").read_text())
+    for pair in golden["pairs"]:
+        args = (pair["question"], GOLDEN / pair["image"])
+        got = generate_from_checkpoint(bundle, *args, max_new_tokens=12)
+        want = generate_from_checkpoint(TEACHER, *args, max_new_tokens=12)
+        assert got.output_ids == want.output_ids and len(got.output_ids) >= 1, pair["image"]
+        assert got.kind == "gguf+pytorch-vision" and want.kind == "checkpoint"
+
+
+def test_generate_and_eval_output_name_the_pytorch_image_side(pytorch_vision):
+    from typer.testing import CliRunner
+
+    from alignkd.cli import app
+    from alignkd.eval.run import format_compare, format_table
+
+    bundle, _ = pytorch_vision
+    result = CliRunner().invoke(app, ["generate", "--model", str(bundle), "--image", str(GOLDEN / "pair0.png"),
+                                      "--prompt", "Is there a circle?", "--max-new-tokens", "2"])
+    assert result.exit_code == 0 and "note: this GGUF bundle's image tokens come from its PyTorch vision encoder" in result.stderr
+    evaluation = {"model_id": "b", "kind": "gguf+pytorch-vision", "table": {}, "average": None, "partial": False, "benchmarks": {}}
+    assert "not llama.cpp's mtmd" in format_table(evaluation)
+    assert "not llama.cpp's mtmd" not in format_table({**evaluation, "kind": "gguf"})
+    compared = {"bundle": evaluation, "reference": {"model_id": "r"}, "benchmarks": {}, "partial": False}
+    assert "not llama.cpp's mtmd" in format_compare(compared)
+
+
+def test_without_the_option_the_toy_grid_is_still_refused(tmp_path):
+    from alignkd.errors import AlignKDError
+    from alignkd.export import export_bundle
+
+    with pytest.raises(AlignKDError) as err:
+        export_bundle(TEACHER, "gguf", "q8_0", tmp_path / "b")
+    assert str(err.value) == ("llama.cpp's ldpv2 projector needs a 24x24 CLIP patch grid but this model has 12x12 "
+                              "(image 96, patch 8); use another target")
+    assert not (tmp_path / "b").exists()
+
+
+def test_vision_file_that_does_not_match_the_manifest_is_refused(pytorch_vision, tmp_path):
+    """A vision_encoder.safetensors missing a weight, or with another shape, is one sentence (loaded directly:
+    a bundle's own file would first fail its sha256)."""
+    from safetensors.torch import load_file, save_file
+
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.gguf_backend import load_vision_encoder
+
+    bundle, _ = pytorch_vision
+    manifest, state = manifest_of(bundle), load_file(str(bundle / "vision_encoder.safetensors"))
+    name = next(k for k in state if k.endswith("peg.peg.0.bias"))
+    save_file({k: v for k, v in state.items() if k != name}, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(AlignKDError, match=r"does not hold the vision encoder .* \(1 weights missing or unexpected, such as "
+                                           r"'mm_projector.peg.bias'\); re-export the bundle"):
+        load_vision_encoder(tmp_path / "missing.safetensors", manifest, bundle / "manifest.json")
+    save_file({**state, name: state[name][:-1].clone()}, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(AlignKDError, match=r"does not hold the vision encoder .*size mismatch.*; re-export the bundle"):
+        load_vision_encoder(tmp_path / "shape.safetensors", manifest, bundle / "manifest.json")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AlignKDError, match=r"cannot read the vision encoder .*junk.safetensors .*; re-export the bundle"):
+        load_vision_encoder(tmp_path / "junk.safetensors", manifest, bundle / "manifest.json")
+
+
+def test_llama_cpp_image_path_and_a_manifest_without_vision_config_are_refused(pytorch_vision):
+    from PIL import Image
+
+    from alignkd.errors import AlignKDError
+    from alignkd.runtime.bundle import load_bundle
+    from alignkd.runtime.gguf_backend import load_vision_encoder
+
+    bundle, _ = pytorch_vision
+    with pytest.raises(AlignKDError, match=r"has no llama.cpp image path \(it was exported with --vision-runtime pytorch\); "
+                                           "re-export it without that option"):
+        load_bundle(bundle).backend.encode_pil(Image.open(GOLDEN / "pair0.png"))
+    manifest = manifest_of(bundle)
+    del manifest["model"]["vision_config"]
+    with pytest.raises(AlignKDError, match=r"manifest.json has no model.vision_config, which the PyTorch vision encoder is "
+                                           "built from; re-export the bundle"):
+        load_vision_encoder(bundle / "vision_encoder.safetensors", manifest, bundle / "manifest.json")
+
+
+def test_manifest_runtime_is_a_closed_set(pytorch_vision):
+    from alignkd.contract.manifest import validate
+    from alignkd.errors import AlignKDError
+
+    m = manifest_of(pytorch_vision[0])
+    m["parts"]["vision_encoder"]["runtime"] = "onnxruntime"
+    with pytest.raises(AlignKDError, match="does not follow the bundle schema at parts/vision_encoder/runtime"):
+        validate(m)
