@@ -37,6 +37,10 @@ class QuickstartConfig:
     vision_steps: int = 1500  # toy CLIP pre-training, batch 32 (the real MobileVLM starts from a pretrained CLIP)
     vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
     teacher_steps: int = 2000  # batch 8; only with train_teacher (the shipped teacher was trained with this)
+    # Only with train_teacher: steps of the grounding stage before the teacher's fine-tuning (quickstart_grounding.py;
+    # 0 skips it). The shipped teacher predates it (its record has no grounding_steps).
+    grounding_steps: int = 800
+    grounding: dict = field(default_factory=dict)  # other GroundingConfig fields (tests shrink the batches)
     student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
     teacher_lr: float = 1e-3  # peak of the recipe's cosine schedule (the constant-lr probe in toy_grounding.py drifts at 1e-3)
@@ -58,12 +62,13 @@ class QuickstartConfig:
     def sizes(self) -> dict:
         """What decides the content of OUT: a re-run must ask for the same, or it would reuse other models."""
         keys = ("seed", "train_images", "eval_questions", "student_steps", "batch_size", "student_lr", "focus_k", "train_teacher")
-        keys += ("vision_steps", "vision_scenes", "teacher_steps", "teacher_lr") if self.train_teacher else ("teacher",)
+        keys += ("vision_steps", "vision_scenes", "grounding_steps", "grounding", "teacher_steps", "teacher_lr") \
+            if self.train_teacher else ("teacher",)
         return {k: getattr(self, k) for k in keys}
 
     def teacher_record(self) -> dict:
         """What a trained teacher's record must repeat for the teacher to fit this run (besides the world's hash)."""
-        keys = ("seed", "train_images", "vision_steps", "vision_scenes", "teacher_steps", "batch_size", "teacher_lr")
+        keys = ("seed", "train_images", "vision_steps", "vision_scenes", "grounding_steps", "teacher_steps", "batch_size", "teacher_lr")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -96,11 +101,13 @@ def _world_config(cfg: QuickstartConfig):
 
 
 def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, vision_from: Path, steps: int,
-                  lr: float, cfg: QuickstartConfig, save_every: int | None = None):
+                  lr: float, cfg: QuickstartConfig, save_every: int | None = None, init_from: Path | None = None):
+    """`init_from`: start from this checkpoint (the grounded teacher) instead of a fresh `preset`."""
     from alignkd.config import from_dict
     from alignkd.distill.config import TrainConfig
 
-    student = {"preset": preset, "tokenizer": str(world / "tokenizer"), "vision_tower_from": str(vision_from)}
+    student = {"path": str(init_from)} if init_from is not None else \
+        {"preset": preset, "tokenizer": str(world / "tokenizer"), "vision_tower_from": str(vision_from)}
     data = {
         "student": student,
         "teacher": {"path": str(teacher)} if teacher is not None else None,
@@ -172,9 +179,18 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
         teacher_ckpt = teacher / "student"
         step("pre-train the toy CLIP", vision / "report.json",
              lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
+        grounded = None
+        if cfg.grounding_steps:
+            from alignkd.quickstart_grounding import GroundingConfig, ground_teacher
+
+            grounded = out / "grounding" / "checkpoint"
+            step("ground the toy teacher (compare a question's object with the image)", out / "grounding" / "report.json",
+                 lambda: ground_teacher(world, vision / "checkpoint", out / "grounding",
+                                        GroundingConfig(**{"steps": cfg.grounding_steps, "seed": cfg.seed, **cfg.grounding})))
         step("train the toy teacher (toy CLIP frozen)", teacher_ckpt / "config.json",
              lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
-                                          cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr, save_every=TEACHER_SAVE_EVERY)))
+                                          cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr, save_every=TEACHER_SAVE_EVERY,
+                                          init_from=grounded)))
     else:
         teacher_ckpt = Path(cfg.teacher) if cfg.teacher else SHIPPED_TEACHER
         check_teacher(teacher_ckpt, world, cfg)  # not a step: a mismatch is fixed by other options, not by re-running
@@ -249,7 +265,7 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
     """teacher_record.json next to the teacher's weights: how it was trained, on what, and what it scored."""
     sizes = cfg.teacher_record()
     command = " ".join(["alignkd quickstart --train-teacher", *(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items()
-                                                                 if k in ("seed", "vision_steps", "teacher_steps"))])
+                                                                 if k in ("seed", "vision_steps", "grounding_steps", "teacher_steps"))])
     record = {"command": command, **sizes, "preset": "synth_teacher", "world_hash": world_hash(world),
               "train_seconds": _train_seconds(teacher.parent / "train_summary.json"),
               "scores": {name: _scores_only(summary["accuracy"][name]) for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)

@@ -12,6 +12,8 @@ from alignkd.quickstart import RECORD, SHIPPED_TEACHER, QuickstartConfig, check_
 def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     # eval_questions=20: POPE then has 2 images, the fewest the shuffled-image control can swap
     cfg = QuickstartConfig(train_images=24, eval_questions=20, vision_steps=2, vision_scenes=16, teacher_steps=2,
+                           grounding_steps=2, grounding={"batch_size": 2, "compact_batch": 4, "align_steps": 2, "align_images": 2,
+                                                         "val_questions": 8},
                            student_steps=2, batch_size=4, exports=(("onnx", "fp32"),), profile_runs=1, eval_max_new_tokens=4,
                            blind=("teacher",), shuffled=("teacher",), train_teacher=True)
     summary = quickstart(tmp_path, cfg)
@@ -34,11 +36,15 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     assert summary["profile"]["Align-KD onnx-fp32"]["decode_tok_s"] > 0
     assert (tmp_path / "student_alignkd" / "student" / "config.json").is_file()
     assert json.loads((tmp_path / "vision" / "report.json").read_text())["config"]["steps"] == 2
+    # the teacher's fine-tuning started from the grounded checkpoint, not from a fresh preset
+    assert json.loads((tmp_path / "grounding" / "report.json").read_text())["config"]["steps"] == 2
+    assert json.loads((tmp_path / "teacher" / "config.json").read_text())["student"]["path"] == str(tmp_path / "grounding" / "checkpoint")
     assert (tmp_path / "bundles" / "onnx-fp32" / "manifest.json").is_file()
     assert "Accuracy on the synthetic suite" in format_summary(summary)
     # --train-teacher leaves the record that lets later runs start from this teacher
     record = json.loads((tmp_path / "teacher" / "student" / RECORD).read_text())
     assert record["command"].startswith("alignkd quickstart --train-teacher") and record["teacher_steps"] == 2
+    assert record["grounding_steps"] == 2 and "--grounding-steps 2" in record["command"]
     assert record["world_hash"] == world_hash(tmp_path / "world") and record["looking"] == summary["looking"]["teacher"]
     assert record["scores"]["teacher"]["average"] == summary["accuracy"]["teacher"]["average"]
     # a second run finds every training and export step done and skips it
@@ -67,8 +73,10 @@ def test_a_teacher_without_record_is_refused(tmp_path):
 def test_the_shipped_teacher_fits_the_default_world():
     """The shipped teacher's record names the quickstart's default sizes (the world hash is checked at run time)."""
     record = json.loads((SHIPPED_TEACHER / RECORD).read_text())
-    assert {k: record[k] for k in QuickstartConfig().teacher_record()} == QuickstartConfig(
-        teacher_steps=record["teacher_steps"]).teacher_record()
+    # it predates the grounding stage: its record has no grounding_steps, i.e. 0
+    have = {"grounding_steps": 0, **record}
+    assert {k: have[k] for k in QuickstartConfig().teacher_record()} == QuickstartConfig(
+        teacher_steps=record["teacher_steps"], grounding_steps=have["grounding_steps"]).teacher_record()
     assert record["command"].startswith("alignkd quickstart --train-teacher")
     assert (SHIPPED_TEACHER / "model.safetensors").stat().st_size < 10_000_000
 

@@ -1,0 +1,62 @@
+"""The toy teacher's grounding stage: which image tokens show an object, and one tiny run end to end."""
+
+import json
+
+import pytest
+import torch
+
+from alignkd.quickstart_grounding import GroundingConfig, ground_teacher, object_tokens
+
+
+def _scene(*objects):
+    return {"size": [224, 224], "objects": [dict(zip(("cx", "cy", "r", "color", "shape"), o)) for o in objects]}
+
+
+def test_an_object_at_its_cell_centre_covers_the_cells_four_tokens():
+    side = 224 / 3  # the world's 3x3 layout on a 6x6 token grid: a cell is 2x2 tokens
+    small = _scene((side / 2, side / 2, 16.8, "red", "circle"))
+    assert sorted(object_tokens(small, 6)) == [0, 1, 6, 7]
+    two = _scene((side / 2, side / 2, 16.8, "red", "circle"), (2.5 * side, 1.5 * side, 29.1, "blue", "square"))
+    tokens = object_tokens(two, 6)
+    assert sorted(i for i, o in tokens.items() if o["color"] == "blue") == [16, 17, 22, 23]
+    assert sorted(i for i, o in tokens.items() if o["color"] == "red") == [0, 1, 6, 7]
+
+
+def test_an_object_off_centre_covers_only_the_tokens_its_disc_reaches():
+    side = 224 / 6
+    # a small disc well inside token (row 1, col 1), away from its edges
+    assert list(object_tokens(_scene((1.5 * side, 1.5 * side, 10.0, "red", "circle")), 6)) == [7]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from alignkd.data.synth_world import SynthConfig, synthesize
+    from alignkd.data.tokenizer import Tokenizer
+    from alignkd.models.checkpoint import save_checkpoint
+    from alignkd.models.mobilevlm import MobileVLM, get_preset
+
+    root = tmp_path_factory.mktemp("grounding")
+    synthesize(root / "world", SynthConfig.tiny(vocab_size=1024, train_images=60))
+    tok = Tokenizer.from_folder(root / "world" / "tokenizer")
+    cfg = get_preset("synth_teacher")
+    cfg.llm.vocab_size = tok.vocab_size
+    torch.manual_seed(0)
+    save_checkpoint(MobileVLM(cfg), tok, root / "vision")
+    return root
+
+
+def test_a_tiny_run_writes_a_teacher_checkpoint_and_its_curve(world):
+    from alignkd.distill.checkpoint import load_spec
+    from alignkd.distill.config import ModelSpec
+    from alignkd.models.checkpoint import read_state_dict
+
+    out = world / "grounded"
+    cfg = GroundingConfig(steps=2, batch_size=2, compact_batch=4, align_steps=2, align_images=2, eval_every=1, val_questions=8)
+    report = ground_teacher(world / "world", world / "vision", out, cfg, progress=False)
+    assert [r["step"] for r in report["curve"]] == [0, 1, 2] and 0.5 <= report["majority"] <= 1.0
+    assert json.loads((out / "report.json").read_text())["checkpoint"] == str(out / "checkpoint")
+    model, _ = load_spec(ModelSpec(path=str(out / "checkpoint")))  # the fine-tuning's starting point loads
+    vision = "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(read_state_dict(out / "checkpoint")[vision], read_state_dict(world / "vision")[vision])  # CLIP frozen
+    projector = [k for k in read_state_dict(out / "checkpoint") if "mm_projector" in k][0]
+    assert not torch.equal(read_state_dict(out / "checkpoint")[projector], read_state_dict(world / "vision")[projector])
