@@ -18,6 +18,18 @@ Prints one JSON object: settings, `majority_acc`, `curve` ([{step, val_loss, acc
     python benchmarks/toy_grounding.py --objects 3 --question exist --steps 300 --frozen-vision \
         --vision-from runs/quickstart/vision/checkpoint          # the quickstart's pre-trained toy CLIP
     python benchmarks/toy_grounding.py --objects 3 --question exist --steps 600 --scene-as-text
+
+Curricula (docs/quickstart.md has the curves; all with --objects 3 --question exist --frozen-vision
+--vision-from alignkd/assets/synth_teacher --batch 32 --lr 1e-3 --warmup 30):
+
+    ... --no-system --steps 1000                # shorter context: still at chance
+    ... --text-steps 400 --align-steps 300      # compact text first, then the projector alone, then all
+    ... --caption-steps 400                     # captions first (the `plain` pre-training form)
+    ... --bare-steps 500                        # image + bare question first, no template
+    ... --oracle-steps 800                      # ideal image tokens: is it the image or the context?
+    ... --word-align-steps 300 --word-align-weight 1                   # image tokens fitted to word embeddings
+    ... --mix-compact 64 --steps 400                                   # compact ideal-token examples alongside
+    ... --mix-compact 64 --word-align-steps 300 --word-align-weight 1  # both: what the grounding stage does
 """
 
 from __future__ import annotations
@@ -61,6 +73,33 @@ def main(argv=None) -> dict:
     ap.add_argument("--turns", type=int, default=1, help="questions per training sequence about the same scene "
                     "(multi-turn, as the fine-tuning records; the held-out set stays single-turn)")
     ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the constant LR")
+    ap.add_argument("--no-system", action="store_true", help="drop the v1 template's system sentence (about 40 "
+                    "tokens before the image): does the length of the context slow the comparison?")
+    ap.add_argument("--text-steps", type=int, default=0, help="curriculum: first train the language model this many "
+                    "steps on the question in compact text (\"red circle, blue square. Is there a red circle in the "
+                    "image?\" -> Yes; no template, no image), as a real teacher's LLM comes pre-trained")
+    ap.add_argument("--align-steps", type=int, default=0, help="curriculum: then this many steps on the image form with "
+                    "the language model frozen (only the projector learns: LLaVA's alignment stage)")
+    ap.add_argument("--text-batch", type=int, default=64)
+    ap.add_argument("--word-align-steps", type=int, default=0, help="curriculum: first fit the projector alone (CLIP and "
+                    "LLM fixed) so that each image token on an object points the way of the sum of the LLM's input "
+                    "embeddings of the object's colour and shape words (cosine): image tokens start where the "
+                    "question's words are, so the comparison is the text one")
+    ap.add_argument("--oracle-steps", type=int, default=0, help="curriculum: first train this many steps with ideal image "
+                    "tokens in place of the encoder's (on an object: its colour + shape word embeddings, from the live "
+                    "embedding table; elsewhere zero): is it the image tokens or the context that is slow to learn?")
+    ap.add_argument("--mix-compact", type=int, default=0, help="add to every step this many compact examples: the scene as "
+                    "one ideal token per object (colour + shape word embeddings) right before the bare question, no "
+                    "template (about 15 positions): the short form the comparison is learnt quickly in, trained "
+                    "alongside the template form")
+    ap.add_argument("--word-align-weight", type=float, default=0.0, help="keep that fit as an auxiliary loss with this "
+                    "weight while training (0: only the initial fit)")
+    ap.add_argument("--bare-steps", type=int, default=0, help="curriculum: first train this many steps on the image and "
+                    "the bare question, no template (\"<image>Is there a red circle in the image?\" -> Yes): about 45 "
+                    "positions instead of the v1 template's 110")
+    ap.add_argument("--caption-steps", type=int, default=0, help="curriculum: first train this many steps on captions "
+                    "(the `plain` template: the image, then the world's description of it; every word about an object "
+                    "is a direct lookup in the image, where a yes/no answer is one comparison per sequence)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -68,9 +107,11 @@ def main(argv=None) -> dict:
 
     from alignkd.data.dataset import Collator, Example
     from alignkd.data.image import ImageProcessor
-    from alignkd.data.synth_scene import render_scene, sample_scene
+    from alignkd.data.synth_scene import COLORS, SHAPES, render_scene, sample_scene
     from alignkd.data.synth_world import SynthConfig, synthesize
-    from alignkd.data.templates import tokenize_conversation
+    from dataclasses import replace
+
+    from alignkd.data.templates import get_template, tokenize_conversation
     from alignkd.data.tokenizer import Tokenizer
     from alignkd.models.mobilevlm import MobileVLM, get_preset
 
@@ -87,6 +128,7 @@ def main(argv=None) -> dict:
         copy_vision_tower(model, Path(args.vision_from))
     model.vision_tower.requires_grad_(not args.frozen_vision)
     processor = ImageProcessor(config.image)
+    template = replace(get_template("v1"), system="") if args.no_system else get_template("v1")
 
     def sample(rng: random.Random, turns: int = 1):
         scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
@@ -96,16 +138,122 @@ def main(argv=None) -> dict:
             for _ in range(turns - 1):
                 q, a = _question(rng, scene, args.question)
                 convo += [{"from": "human", "value": f"{q}\n{SHORT}"}, {"from": "gpt", "value": a}]
-            ex = tokenize_conversation(convo, "v1", tok, has_image=True)
+            ex = tokenize_conversation(convo, template, tok, has_image=True)
             return Example(answer, ex.input_ids, ex.labels, processor([render_scene(scene)]))
         if args.scene_as_text:
             listed = ", ".join(f"{o['color']} {o['shape']}" for o in scene["objects"])
             turns = [{"from": "human", "value": f"Scene: {listed}.\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
-            ex = tokenize_conversation(turns, "v1", tok, has_image=False)
+            ex = tokenize_conversation(turns, template, tok, has_image=False)
             return Example(answer, ex.input_ids, ex.labels, None)
         turns = [{"from": "human", "value": f"<image>\n{question}\n{SHORT}"}, {"from": "gpt", "value": answer}]
-        ex = tokenize_conversation(turns, "v1", tok, has_image=True)
+        ex = tokenize_conversation(turns, template, tok, has_image=True)
+        if oracle_scenes is not None:  # the pixels only carry the scene's index for the patched encoder
+            oracle_scenes.append(scene)
+            return Example(answer, ex.input_ids, ex.labels, torch.full((1, 3, 2, 2), float(len(oracle_scenes) - 1)))
         return Example(answer, ex.input_ids, ex.labels, processor([render_scene(scene)]))
+
+    oracle_scenes = None
+
+    def compact(rng: random.Random):
+        scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
+        question, answer = _question(rng, scene, args.question)
+        listed = ", ".join(f"{o['color']} {o['shape']}" for o in scene["objects"])
+        prompt, reply = tok.encode(f"{listed}. {question}"), tok.encode(answer, add_special_tokens=False)
+        return Example(answer, prompt + reply, [-100] * len(prompt) + reply, None)
+
+    def described(rng: random.Random):
+        from alignkd.data.synth_questions import caption
+
+        scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
+        convo = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption(scene)}]
+        ex = tokenize_conversation(convo, "plain", tok, has_image=True)
+        return Example("caption", ex.input_ids, ex.labels, processor([render_scene(scene)]))
+
+    def bare(rng: random.Random):
+        from alignkd.data.templates import tokenize_with_image
+
+        scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
+        question, answer = _question(rng, scene, args.question)
+        prompt, reply = tokenize_with_image(f"<image>{question}", tok), tok.encode(answer, add_special_tokens=False)
+        return Example(answer, prompt + reply + [tok.eos_id], [-100] * len(prompt) + reply + [tok.eos_id],
+                       processor([render_scene(scene)]))
+
+    grid = config.pooled_grid
+    word_id = {w: tok.encode(w, add_special_tokens=False)[0] for w in (*COLORS, *SHAPES)}
+
+    def scene_sample(rng: random.Random):
+        scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
+        return scene, processor([render_scene(scene)])
+
+    def word_targets(scenes) -> torch.Tensor:
+        """[N, grid*grid, D]: per image token, colour + shape word embeddings of the object it shows, else zero."""
+        emb = model.llm.get_input_embeddings().weight.detach()
+        out = torch.zeros(len(scenes), grid * grid, emb.shape[1])
+        for n, scene in enumerate(scenes):
+            side = scene["size"][0] / grid
+            for o in scene["objects"]:
+                reach = max(o["r"], side / 2)
+                for i in range(grid):
+                    for j in range(grid):
+                        if ((j + 0.5) * side - o["cx"]) ** 2 + ((i + 0.5) * side - o["cy"]) ** 2 <= reach ** 2:
+                            out[n, i * grid + j] = emb[word_id[o["color"]]] + emb[word_id[o["shape"]]]
+        return out
+
+    def align_loss(rng: random.Random, n: int) -> torch.Tensor:
+        pairs = [scene_sample(rng) for _ in range(n)]
+        tokens = model.encode_images(torch.cat([px for _, px in pairs]))
+        target = word_targets([s for s, _ in pairs])
+        on = target.norm(dim=-1) > 0  # the decoder's first op is an RMSNorm: direction is what it sees
+        return 1 - torch.nn.functional.cosine_similarity(tokens[on], target[on], dim=-1).mean()
+
+    def live_targets(scenes) -> torch.Tensor:
+        emb = model.llm.get_input_embeddings().weight
+        rows = []
+        for scene in scenes:
+            side, cells = scene["size"][0] / grid, [torch.zeros(emb.shape[1])] * (grid * grid)
+            for o in scene["objects"]:
+                reach = max(o["r"], side / 2)
+                for i in range(grid):
+                    for j in range(grid):
+                        if ((j + 0.5) * side - o["cx"]) ** 2 + ((i + 0.5) * side - o["cy"]) ** 2 <= reach ** 2:
+                            cells[i * grid + j] = emb[word_id[o["color"]]] + emb[word_id[o["shape"]]]
+            rows.append(torch.stack(cells))
+        return torch.stack(rows)
+
+    real_encode = model.encode_images
+
+    def compact_oracle_loss(rng: random.Random, n: int) -> torch.Tensor:
+        emb = model.llm.get_input_embeddings()
+        rows, labels = [], []
+        for _ in range(n):
+            scene = sample_scene(rng, 224, min_objects=args.objects, max_objects=args.objects)
+            question, answer = _question(rng, scene, args.question)
+            q = tok.encode(question)
+            a = tok.encode(answer, add_special_tokens=False) + [tok.eos_id]
+            objects = torch.stack([emb.weight[word_id[o["color"]]] + emb.weight[word_id[o["shape"]]] for o in scene["objects"]])
+            rows.append(torch.cat([emb(torch.tensor(q[:1])), objects, emb(torch.tensor(q[1:] + a))]))
+            labels.append([-100] * (len(rows[-1]) - len(a)) + a)
+        width = max(len(r) for r in rows)
+        x = torch.zeros(n, width, rows[0].shape[1])
+        y = torch.full((n, width), -100)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for i, (r, lab) in enumerate(zip(rows, labels)):
+            x[i, :len(r)], y[i, :len(r)], mask[i, :len(r)] = r, torch.tensor(lab), 1
+        return model.llm(inputs_embeds=x, attention_mask=mask, labels=y).loss
+
+    def oracle_encode(pixel_values):
+        return live_targets([oracle_scenes[int(v)] for v in pixel_values[:, 0, 0, 0]])
+
+    if args.word_align_steps:
+        proj_opt = torch.optim.AdamW(model.mm_projector.parameters(), lr=1e-3, weight_decay=0.0)
+        align_rng = random.Random(f"{args.seed}/align")
+        for k in range(args.word_align_steps):
+            loss = align_loss(align_rng, args.batch)
+            proj_opt.zero_grad()
+            loss.backward()
+            proj_opt.step()
+            if k % 50 == 0 or k == args.word_align_steps - 1:
+                print(json.dumps({"align_step": k, "align_loss": round(loss.item(), 4)}), file=sys.stderr, flush=True)
 
     collate = Collator(tok.pad_id)  # the training recipe's own padding and image stacking
 
@@ -116,26 +264,65 @@ def main(argv=None) -> dict:
     val = [sample(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)]
     majority = Counter(ex.id for ex in val).most_common(1)[0][1] / len(val)  # Example.id holds the answer here
     val_batch = batch(val)
+    bare_batch = batch([bare(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)]) if args.bare_steps else None
+    text_batch = batch([compact(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)]) if args.text_steps else None
+
+    def accuracy(b):
+        """The held-out loss and the accuracy of the answer's first token."""
+        model.eval()
+        with torch.no_grad():
+            out = model(**b)
+        model.train()
+        logits, labels = out.logits[:, :-1], out.spliced.labels[:, 1:]
+        first = (labels != -100).float().argmax(1)
+        rows = torch.arange(len(labels))
+        return out, (logits[rows, first].argmax(-1) == labels[rows, first]).float().mean().item()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0)
+    if args.oracle_steps:
+        oracle_scenes = []
+        oracle_val_batch = batch([sample(random.Random(f"{args.seed}/val/{i}")) for i in range(args.val)])
+        oracle_val_scenes, oracle_scenes = oracle_scenes, None
     rng, curve, t0 = random.Random(f"{args.seed}/train"), [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            with torch.no_grad():
-                out = model(**val_batch)
-            model.train()
-            logits, labels = out.logits[:, :-1], out.spliced.labels[:, 1:]
-            first = (labels != -100).float().argmax(1)  # the answer's first token
-            rows = torch.arange(len(val))
-            acc = (logits[rows, first].argmax(-1) == labels[rows, first]).float().mean().item()
+            out, acc = accuracy(val_batch)
             curve.append({"step": step, "val_loss": round(out.loss.item(), 4), "acc": round(acc, 4),
                           "seconds": round(time.perf_counter() - t0, 1)})
+            if step <= args.text_steps and args.text_steps:
+                curve[-1]["text_acc"] = round(accuracy(text_batch)[1], 4)
+            if step <= args.oracle_steps and args.oracle_steps:
+                oracle_scenes, model.encode_images = oracle_val_scenes, oracle_encode
+                curve[-1]["oracle_acc"] = round(accuracy(oracle_val_batch)[1], 4)
+                oracle_scenes, model.encode_images = None, real_encode
+            if step <= args.bare_steps and args.bare_steps:
+                curve[-1]["bare_acc"] = round(accuracy(bare_batch)[1], 4)
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
         if step == args.steps:
             break
-        loss = model(**batch([sample(rng, args.turns) for _ in range(args.batch)])).loss
+        if step < args.oracle_steps:
+            oracle_scenes = []
+            model.encode_images = oracle_encode
+            examples = [sample(rng, args.turns) for _ in range(args.batch)]
+        elif step < args.caption_steps:
+            examples = [described(rng) for _ in range(args.batch)]
+        elif step < args.bare_steps:
+            examples = [bare(rng) for _ in range(args.batch)]
+        elif step < args.text_steps:
+            examples = [compact(rng) for _ in range(args.text_batch)]
+        else:
+            examples = [sample(rng, args.turns) for _ in range(args.batch)]
+        if args.align_steps and step in (args.text_steps, args.text_steps + args.align_steps):
+            aligning = step == args.text_steps
+            model.llm.requires_grad_(not aligning)  # frozen LLM: only the projector gets gradients
+            print(json.dumps({"step": step, "stage": "align" if aligning else "tune"}), file=sys.stderr, flush=True)
+        loss = model(**batch(examples)).loss
+        oracle_scenes, model.encode_images = None, real_encode
+        if args.word_align_weight:
+            loss = loss + args.word_align_weight * align_loss(rng, 8)
+        if args.mix_compact:
+            loss = loss + compact_oracle_loss(rng, args.mix_compact)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
