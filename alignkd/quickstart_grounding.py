@@ -58,14 +58,15 @@ def object_tokens(scene: dict, grid: int) -> dict[int, dict]:
     return out
 
 
-class _Grounding:
-    """The model, the tokenizer and the three losses of one run."""
+class GroundingLosses:
+    """The three losses on one model (also what `benchmarks/toy_grounding.py` probes with). `objects`: the
+    (fewest, most) objects per scene, default the world's."""
 
-    def __init__(self, model, tok, image_size: int, cfg: GroundingConfig):
+    def __init__(self, model, tok, image_size: int, objects: tuple[int, int] | None = None):
         from alignkd.data.image import ImageProcessor
         from alignkd.data.synth_scene import COLORS, SHAPES
 
-        self.model, self.tok, self.image_size, self.cfg = model, tok, image_size, cfg
+        self.model, self.tok, self.image_size, self.objects = model, tok, image_size, objects
         self.grid = model.config.pooled_grid
         self.processor = ImageProcessor(model.config.image)
         self.word = {}
@@ -79,9 +80,12 @@ class _Grounding:
     def _scene(self, rng: random.Random) -> dict:
         from alignkd.data.synth_scene import sample_scene
 
-        return sample_scene(rng, self.image_size)
+        if self.objects is None:
+            return sample_scene(rng, self.image_size)
+        return sample_scene(rng, self.image_size, min_objects=self.objects[0], max_objects=self.objects[1])
 
-    def _object_vector(self, o: dict):
+    def object_vector(self, o: dict):
+        """The ideal image token of an object: its colour and shape words' input embeddings, summed."""
         emb = self.model.llm.get_input_embeddings().weight
         return emb[self.word[o["color"]]] + emb[self.word[o["shape"]]]
 
@@ -111,7 +115,7 @@ class _Grounding:
             q = ask(rng, scene, "exist")
             ids = self.tok.encode(q["question"])
             reply = self.tok.encode(q["answer"].capitalize(), add_special_tokens=False) + [self.tok.eos_id]
-            objects = torch.stack([self._object_vector(o) for o in scene["objects"]])
+            objects = torch.stack([self.object_vector(o) for o in scene["objects"]])
             rows.append(torch.cat([emb(torch.tensor(ids[:1])), objects, emb(torch.tensor(ids[1:] + reply))]))
             labels.append([-100] * (len(rows[-1]) - len(reply)) + reply)
         width = max(len(r) for r in rows)
@@ -129,14 +133,24 @@ class _Grounding:
 
         scenes = [self._scene(rng) for _ in range(n)]
         tokens = self.model.encode_images(torch.cat([self.processor([render_scene(s)]) for s in scenes]))
-        got, want = [], []
-        for k, scene in enumerate(scenes):
-            for index, o in object_tokens(scene, self.grid).items():
-                got.append(tokens[k, index])
-                want.append(self._object_vector(o).detach())
-        if not got:
+        want = self.ideal_tokens(scenes).detach()
+        on = want.norm(dim=-1) > 0
+        if not on.any():
             return tokens.sum() * 0.0
-        return 1 - torch.nn.functional.cosine_similarity(torch.stack(got), torch.stack(want), dim=-1).mean()
+        return 1 - torch.nn.functional.cosine_similarity(tokens[on], want[on], dim=-1).mean()
+
+    def ideal_tokens(self, scenes: list[dict]):
+        """[N, grid * grid, D]: each scene's ideal image tokens (an object's on the tokens it covers, zero elsewhere)."""
+        import torch
+
+        dim = self.model.llm.get_input_embeddings().weight.shape[1]
+        rows = []
+        for scene in scenes:
+            cells = [torch.zeros(dim)] * (self.grid * self.grid)
+            for index, o in object_tokens(scene, self.grid).items():
+                cells[index] = self.object_vector(o)
+            rows.append(torch.stack(cells))
+        return torch.stack(rows)
 
 
 def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConfig | None = None, progress: bool = True) -> dict:
@@ -161,7 +175,7 @@ def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConf
     model, tok = load_spec(ModelSpec(preset="synth_teacher", tokenizer=str(world / "tokenizer"), vision_tower_from=str(vision_from)))
     model.train()
     model.vision_tower.requires_grad_(False)
-    g = _Grounding(model, tok, image_size, cfg)
+    g = GroundingLosses(model, tok, image_size)
     collate = Collator(tok.pad_id)
 
     def batch(examples):
