@@ -5,7 +5,8 @@ next to `out` (removing stale ones of killed exports), load the checkpoint, writ
 tokenizer files into it (ExecuTorch: record the eager model's answers for parity with alignkd.export.reference,
 trace, drop the eager model, lower), load the staged bundle through the same runtime backend `alignkd generate`
 uses, measure parity against the eager model (or its recorded answers), write the manifest, then rename the
-staging folder to `out`. A failed export leaves no `out` behind. The checkpoint is only read; `--overwrite` replaces only a bundle.
+staging folder to `out`. A failed export leaves no `out` behind. The checkpoint is only read; `--overwrite`
+replaces only a bundle.
 
     alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target executorch --quant fp32 -o out/tiny_et
 """

@@ -124,7 +124,8 @@ def test_no_traced_weight_outlives_the_written_bundle(checkpoint, tmp_path):
     # The lowered graphs hold the quantised weights as parameters (each delegate keeps its original program):
     # ExecuTorch's is_same_node lru_cache, the fake-tensor dispatch cache and the XNNPACK configs' `why` loggers
     # kept them alive after the export (the 1.7B export's ~4.2 GB after serialise).
-    lowered = lambda: {id(o) for o in gc.get_objects() if type(o).__name__ in ("LoweredBackendModule", "ExportedProgram")}
+    kinds = ("LoweredBackendModule", "ExportedProgram")
+    lowered = lambda: {id(o) for o in gc.get_objects() if type(o).__name__ in kinds}
     earlier, earlier_lowered = quantised(), lowered()  # left by tests that stop an export before it lowers
     model, tokenizer = load_checkpoint(checkpoint)
     traced = trace_executorch(model, tokenizer, "8da4w", group_size=32, embedding_bits=8, vision_quant="int8",
@@ -187,7 +188,8 @@ def test_recorded_parity_equals_parity_against_the_eager_model(bundles, checkpoi
     manifest = manifest_of(bundle)
     model, tokenizer = load_checkpoint(checkpoint)
     recorded = manifest["parity"]
-    direct = _measure(EagerBackend(model), model, tokenizer, model.config, bundle, manifest, "8da4w", recorded["allow_drift"])
+    direct = _measure(EagerBackend(model), model, tokenizer, model.config, bundle, manifest, "8da4w",
+                      recorded["allow_drift"])
     assert recorded["parts"] and recorded["end_to_end"]["pairs"] and recorded["answers"]["prompts"]
     assert _differences(recorded, json.loads(json.dumps(direct))) == []
 
