@@ -2,10 +2,11 @@
 
 Steps: validate every option and the output folder (before loading anything), create a hidden staging folder
 next to `out` (removing stale ones of killed exports), load the checkpoint, write the target's parts and the
-tokenizer files into it (ExecuTorch: trace, drop the eager model, lower, reload it: lowering is the memory
-peak), load the staged bundle through the same runtime backend `alignkd generate` uses,
-measure parity against the eager model, write the manifest, then rename the staging folder to `out`. A failed
-export leaves no `out` behind. The checkpoint is only read; `--overwrite` replaces only a bundle.
+tokenizer files into it (ExecuTorch: record the eager model's answers for parity with alignkd.export.reference,
+trace, drop the eager model, lower), load the staged bundle through the same runtime backend `alignkd generate`
+uses, measure parity against the eager model (or its recorded answers), write the manifest, then rename the
+staging folder to `out`. A failed export leaves no `out` behind. The checkpoint is only read; `--overwrite`
+replaces only a bundle.
 
     alignkd export tests/fixtures/mobilevlm_official_tiny/checkpoint --target executorch --quant fp32 -o out/tiny_et
 """
@@ -120,6 +121,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     from alignkd.contract.manifest import load_schema
     from alignkd.export import manifest as mf
     from alignkd.export.output import clean_stale_staging, make_staging, swap_in
+    from alignkd.export.executorch import release_mapped_pages
     from alignkd.export.progress import Stages, peak_rss_bytes
     from alignkd.export.quantize import DEFAULT_SCHEME, check_backend, check_options
 
@@ -166,18 +168,26 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
         if target == "executorch":
             from alignkd.export.executorch import lower_executorch, trace_executorch
 
+            from alignkd.export.reference import record
+
+            # Parity's eager answers now, while the model is loaded: parity then needs no eager model next to the
+            # loaded bundle (reloading it there made the 1.7B export's 12.7 GB peak).
+            with stages("reference", "the eager model's answers for the parity check"):
+                eager = record(model, tokenizer, config.image)
+                release_mapped_pages([*model.parameters(), *model.buffers()])  # every page was read
             traced = trace_executorch(model, tokenizer, quant, stages=stages, **options)
-            # Lowering is the export's memory peak and the eager fp32 weights (5.4 GB of decoder at 1.7B) are not
-            # in the bundle: drop the model now and reload it for the parity check afterwards.
+            # The eager fp32 weights (5.4 GB of decoder at 1.7B) are not in the bundle: drop the model before
+            # lowering, the export's longest stage.
             model = None
             gc.collect()
             lower_executorch(traced, staging, stages)
             parts, traced = traced["parts"], None
-            with stages("reload", "the eager model, as the parity reference"):
-                model, _ = load_checkpoint(checkpoint)
         else:
             with stages("export", f"{target} {quant}"):
                 parts = _export_parts(model, tokenizer, target, quant, staging, vision_runtime=vision_runtime, **options)
+            from alignkd.runtime.generation import EagerBackend
+
+            eager = EagerBackend(model)
         export_s = time.perf_counter() - t_parts
         extra = {}
         if target == "gguf":
@@ -200,7 +210,7 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
         )
         manifest["files"] = mf.file_table(staging)
         with stages("parity", "bundle vs eager on the golden pairs"):
-            manifest["parity"] = _measure(model, tokenizer, config, staging, manifest, quant, allow_drift)
+            manifest["parity"] = _measure(eager, model, tokenizer, config, staging, manifest, quant, allow_drift)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 2)
         manifest["export"]["peak_rss_bytes"] = peak_rss_bytes()
         manifest["export"]["stages"] = stages.times
@@ -212,34 +222,27 @@ def export_bundle(checkpoint: Path, target: str, quant: str | None, out: Path, *
     return out
 
 
-def _measure(model, tokenizer, config, staging: Path, manifest: dict, quant: str, allow_drift: bool) -> dict:
-    """Load the staged bundle through the runtime backend and compare it with the eager model."""
-    from alignkd.data.image import ImageProcessor
-    from alignkd.data.templates import tokenize_with_image
+def _measure(eager, model, tokenizer, config, staging: Path, manifest: dict, quant: str, allow_drift: bool) -> dict:
+    """Load the staged bundle through the runtime backend and compare it with `eager`: the eager model's backend,
+    or its recorded answers (alignkd.export.reference; ExecuTorch, where `model` is None by then)."""
     from alignkd.export import parity
     from alignkd.runtime.bundle import make_backend
-    from alignkd.runtime.generation import EagerBackend, build_prompt
 
     if manifest["target"] == "coreml":
-        from alignkd.export.coreml import module_parity
+        import torch
 
-        eager = EagerBackend(model)
-        image, question = parity.golden_pairs()[0]
-        pixels = ImageProcessor(config.image)([image])
+        from alignkd.export.coreml import module_parity
         from alignkd.export.parts import VisionEncoder
 
-        import torch
+        pixels, _ = parity.probe(tokenizer, config.image)
 
         with torch.inference_mode():
             vision = parity.metrics(eager.encode_image(pixels), VisionEncoder(model)(pixels))
         return {"measured": False, "passed": True, "allow_drift": allow_drift, "thresholds": parity.thresholds(quant),
                 "reason": "Core ML prediction needs macOS 15+; the converted PyTorch modules were checked against eager instead",
                 "parts": {"vision_encoder_module": vision, **module_parity(model, manifest["max_seq_len"])}}
-    eager = EagerBackend(model)
     bundle = make_backend(staging, manifest)
-    image, question = parity.golden_pairs()[0]
-    pixels = ImageProcessor(config.image)([image])
-    ids = tokenize_with_image(build_prompt(question, 1), tokenizer)
+    pixels, ids = parity.probe(tokenizer, config.image)
     judged = bundle
     mtmd = manifest["target"] == "gguf" and manifest["parts"]["vision_encoder"].get("runtime") != "pytorch"
     if mtmd:  # llama.cpp's image path is measured apart: alignkd.export.gguf.EagerImages

@@ -311,13 +311,15 @@ def _shape_envs(programs) -> list:
 
 
 def _forget_traced_tensors(envs) -> None:
-    """Free what tracing kept after the .pte is written. Each ShapeEnv lists the real tensors it traced
+    """Free what tracing and lowering kept after the .pte is written. Each ShapeEnv lists the real tensors it traced
     (`tracked_fakes`: every quantised weight of the decoder) and outlives the export in torch's lru caches, so at
-    1.7B about 6 GB stayed allocated into parity, where the eager reference is loaded next to it (13.2 GB peak).
+    1.7B about 6 GB stayed allocated into parity, where the eager reference was loaded next to it (13.2 GB peak).
     Then hand the freed heap back to the system (glibc keeps it otherwise)."""
     for env in envs:
         if getattr(env, "tracked_fakes", None):
             env.tracked_fakes = []
+        getattr(env, "fake_tensor_cache", {}).clear()  # its keys hold the lowered delegate modules
+    _forget_lowered_graphs()
     gc.collect()
     try:
         import ctypes
@@ -325,6 +327,27 @@ def _forget_traced_tensors(envs) -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+XNNPACK_WHY_MODULES = ("gemm_configs", "generic_node_configs", "node_configs", "xnnpack_config")
+
+
+def _forget_lowered_graphs() -> None:
+    """Drop the library caches that keep the lowered graphs alive after the export, and with each one (through its
+    delegates' original programs) the quantised weights: ExecuTorch's `is_same_node` (an unbounded lru_cache keyed
+    by fx nodes), the fake-tensor dispatch cache (keys hold the lowered modules), and the last node each XNNPACK
+    partitioner config module's `why` logger was told about."""
+    import importlib
+
+    from executorch.exir.backend.utils import WhyNoPartition, is_same_node
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    is_same_node.cache_clear()
+    FakeTensorMode.cache_clear()
+    for name in XNNPACK_WHY_MODULES:
+        why = getattr(importlib.import_module(f"executorch.backends.xnnpack.partition.config.{name}"), "why", None)
+        if isinstance(why, WhyNoPartition):
+            why.node = None
 
 
 def lower_executorch(traced: dict, out: Path, stages) -> None:

@@ -96,6 +96,16 @@ def golden_pairs() -> list[tuple[object, str]]:
     return list(zip(golden_images(), GOLDEN_QUESTIONS))
 
 
+def probe(tokenizer, image_config, template: str = "v1") -> tuple[torch.Tensor, list[int]]:
+    """The first golden pair as `part_parity` takes it: pixel values and prompt ids (with the image placeholder)."""
+    from alignkd.data.image import ImageProcessor
+    from alignkd.data.templates import tokenize_with_image
+    from alignkd.runtime.generation import build_prompt
+
+    image, question = golden_pairs()[0]
+    return ImageProcessor(image_config)([image]), tokenize_with_image(build_prompt(question, 1, template), tokenizer)
+
+
 @torch.inference_mode()
 def part_parity(eager, bundle, pixel_values: torch.Tensor, input_ids: list[int]) -> dict:
     """Per-part metrics on one preprocessed image and one prompt (ids with the -200 placeholder)."""
