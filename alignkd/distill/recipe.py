@@ -286,4 +286,22 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         accelerator.print(f"{collator.summary()}; student written to {out_dir / 'student'}")
     accelerator.end_training()
+    if accelerator.num_processes > 1:
+        # torch 2.13 with gloo: freeing the DDP reducer as run() returns can deadlock. Its destructor holds the GIL
+        # and joins a gloo worker thread that is still freeing an earlier collective's Python-backed tensors and
+        # needs the GIL (py-spy, both ranks, after everything was written: ~Reducer -> ~ProcessGroupGloo joining,
+        # the worker in ~AsyncBroadcastWork waiting for the GIL). Moving one collective earlier (the skipped-record
+        # gather) made it rarer, not impossible. So the reducer is kept, and the CLI ends a multi-process run with
+        # os._exit once its output is written (alignkd.cli._train): nothing frees it.
+        _KEPT_FOR_EXIT.append(module)
     return out_dir
+
+
+_KEPT_FOR_EXIT: list = []  # DDP modules of finished multi-process runs: see the end of run()
+
+
+def is_multi_process() -> bool:
+    """Whether this process is one rank of several (torch.distributed initialised by accelerate launch)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
