@@ -117,13 +117,10 @@ class GroundingLosses:
             reply = self.tok.encode(q["answer"].capitalize(), add_special_tokens=False) + [self.tok.eos_id]
             objects = torch.stack([self.object_vector(o) for o in scene["objects"]])
             rows.append(torch.cat([emb(torch.tensor(ids[:1])), objects, emb(torch.tensor(ids[1:] + reply))]))
-            labels.append([-100] * (len(rows[-1]) - len(reply)) + reply)
-        width = max(len(r) for r in rows)
-        x = torch.zeros(n, width, rows[0].shape[1])
-        y = torch.full((n, width), -100)
-        mask = torch.zeros(n, width, dtype=torch.long)
-        for i, (r, lab) in enumerate(zip(rows, labels)):
-            x[i, :len(r)], y[i, :len(r)], mask[i, :len(r)] = r, torch.tensor(lab), 1
+            labels.append(torch.tensor([-100] * (len(rows[-1]) - len(reply)) + reply))
+        pad = torch.nn.utils.rnn.pad_sequence  # right-padding: zeros, -100 labels, a 0 mask
+        x, y = pad(rows, batch_first=True), pad(labels, batch_first=True, padding_value=-100)
+        mask = pad([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
         return self.model.llm(inputs_embeds=x, attention_mask=mask, labels=y).loss
 
     def align_loss(self, rng: random.Random, n: int):
