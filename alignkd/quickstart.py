@@ -147,6 +147,9 @@ class _Steps:
             result = fn()
         except AlignKDError as err:
             raise AlignKDError(f"quickstart step '{name}' failed: {err} (re-run `alignkd quickstart --out {self.out}` to continue from this step)") from err
+        except KeyboardInterrupt:  # Ctrl-C: the finished steps are on disk; say so rather than end silently
+            raise AlignKDError(f"quickstart interrupted in step '{name}'; the steps finished so far are kept in {self.out}: "
+                               "re-run the same command to continue from this step") from None
         except Exception as err:  # a bug or an environment problem: keep the traceback's gist, name the step
             raise AlignKDError(f"quickstart step '{name}' failed with {type(err).__name__}: {err} (re-run `alignkd quickstart --out {self.out}` "
                                "to continue from this step; run that step's own command to see the full traceback)") from err

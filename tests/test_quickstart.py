@@ -131,3 +131,18 @@ def test_a_training_step_left_unfinished_continues_or_starts_afresh(tmp_path, mo
     (ckpt / "train_state.json").write_text('{"step": 3}')
     _train(cfg)  # an interrupted run with a checkpoint: continue it
     assert calls == [(False, True), (True, False)]
+
+
+def test_ctrl_c_in_a_step_says_what_is_kept_and_how_to_continue(tmp_path):
+    from rich.console import Console
+
+    from alignkd.quickstart import _Steps
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    steps = _Steps(tmp_path, Console(file=open(tmp_path / "log.txt", "w")))
+    steps("synthetic world", None, lambda: None)
+    with pytest.raises(AlignKDError, match="interrupted in step 'ground the toy teacher'; the steps finished so far are kept .*"
+                                           "re-run the same command to continue"):
+        steps("ground the toy teacher", None, interrupted)
