@@ -138,6 +138,8 @@ class _Steps:
         self.out, self.console, self.times = out, console, {}
 
     def __call__(self, name: str, done: Path | None, fn):
+        from alignkd.distill.recipe import TrainingInterrupted
+
         t0 = time.perf_counter()
         if done is not None and done.exists():
             self.console.print(f"[bold]{name}[/]: already done ({done}), skipped")
@@ -145,6 +147,9 @@ class _Steps:
         self.console.rule(f"[bold]{name}")
         try:
             result = fn()
+        except TrainingInterrupted as err:  # the step's training resumes from its checkpoint on the re-run (_train)
+            raise AlignKDError(f"quickstart interrupted in step '{name}' ({err.kept}); the steps finished so far are kept in "
+                               f"{self.out}: re-run the same command to continue from this step") from None
         except AlignKDError as err:
             raise AlignKDError(f"quickstart step '{name}' failed: {err} (re-run `alignkd quickstart --out {self.out}` to continue from this step)") from err
         except KeyboardInterrupt:  # Ctrl-C: the finished steps are on disk; say so rather than end silently

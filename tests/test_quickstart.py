@@ -146,3 +146,12 @@ def test_ctrl_c_in_a_step_says_what_is_kept_and_how_to_continue(tmp_path):
     with pytest.raises(AlignKDError, match="interrupted in step 'ground the toy teacher'; the steps finished so far are kept .*"
                                            "re-run the same command to continue"):
         steps("ground the toy teacher", None, interrupted)
+
+    from alignkd.distill.recipe import TrainingInterrupted
+
+    def training_interrupted():  # the recipe's own Ctrl-C error says "--resume", which the quickstart does for itself
+        raise TrainingInterrupted("interrupted at step 3; saved S; continue with the same command plus --resume", "saved S")
+
+    with pytest.raises(AlignKDError, match="interrupted in step 'distil' \\(saved S\\); .* re-run the same command") as err:
+        steps("distil", None, training_interrupted)
+    assert "--resume" not in str(err.value)

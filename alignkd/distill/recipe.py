@@ -123,16 +123,27 @@ def _start_run_folder(accelerator, out_dir: Path, resume_from: Path | None, over
     accelerator.wait_for_everyone()
 
 
+class TrainingInterrupted(AlignKDError):
+    """Ctrl-C during training, after saving; `kept` says what was saved (callers that resume on their own, like the
+    quickstart, word the way to continue themselves)."""
+
+    def __init__(self, message: str, kept: str):
+        super().__init__(message)
+        self.kept = kept
+
+
 def _interrupted(save, step: int, out_dir: Path, last_saved: Path | None) -> AlignKDError:
     """Ctrl-C: keep the work by saving at the last completed optimizer step, then say how to continue."""
     here = out_dir / CHECKPOINTS / f"step-{step}"
     try:
         saved = here if last_saved == here else save()
     except KeyboardInterrupt:
-        return AlignKDError(f"interrupted again while saving step {step}; the last complete checkpoint is {last_saved or 'none'}, "
-                            "continue from it with the same command plus --resume")
+        kept = f"the last complete checkpoint is {last_saved or 'none'}"
+        return TrainingInterrupted(f"interrupted again while saving step {step}; {kept}, continue from it with the same command "
+                                   "plus --resume", kept)
     # --resume picks the latest checkpoint in output_dir, which is now this one (pruning never removes it)
-    return AlignKDError(f"interrupted at step {step}; saved {saved}; continue with the same command plus --resume")
+    return TrainingInterrupted(f"interrupted at step {step}; saved {saved}; continue with the same command plus --resume",
+                               f"saved {saved}")
 
 
 def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool = False) -> Path:
