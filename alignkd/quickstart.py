@@ -121,14 +121,14 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
     return from_dict(TrainConfig, data)
 
 
-def _train(cfg, progress: bool = True):
+def _train(cfg, progress: bool = True, auxiliary=None):
     """A training step of the quickstart owns its folder: continue an interrupted run from its last checkpoint,
     else replace what an earlier attempt left (the recipe refuses a used folder without one of the two)."""
     from alignkd.distill.checkpoint import latest_checkpoint
     from alignkd.distill.recipe import run
 
     resume = latest_checkpoint(Path(cfg.output_dir)) is not None
-    return run(cfg, resume=resume, overwrite=not resume, progress=progress)
+    return run(cfg, resume=resume, overwrite=not resume, progress=progress, auxiliary=auxiliary)
 
 
 class _Steps:
@@ -189,18 +189,19 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
         teacher_ckpt = teacher / "student"
         step("pre-train the toy CLIP", vision / "report.json",
              lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
-        grounded = None
+        grounded = auxiliary = None
         if cfg.grounding_steps:
-            from alignkd.quickstart_grounding import GroundingConfig, ground_teacher
+            from alignkd.quickstart_grounding import GroundingAuxiliary, GroundingConfig, ground_teacher
 
             grounded = out / "grounding" / "checkpoint"
+            grounding = GroundingConfig(**{"steps": cfg.grounding_steps, "seed": cfg.seed, **cfg.grounding})
             step("ground the toy teacher (compare a question's object with the image)", out / "grounding" / "report.json",
-                 lambda: ground_teacher(world, vision / "checkpoint", out / "grounding",
-                                        GroundingConfig(**{"steps": cfg.grounding_steps, "seed": cfg.seed, **cfg.grounding})))
-        step("train the toy teacher (toy CLIP frozen)", teacher_ckpt / "config.json",
+                 lambda: ground_teacher(world, vision / "checkpoint", out / "grounding", grounding))
+            auxiliary = GroundingAuxiliary(world, grounding) if grounding.keep_in_finetune else None
+        step("train the toy teacher (toy CLIP frozen)" + (", grounding losses kept" if auxiliary else ""), teacher_ckpt / "config.json",
              lambda: _train(_train_config(teacher, world, preset="synth_teacher", teacher=None, vision_from=vision / "checkpoint",
                                           cfg=cfg, steps=cfg.teacher_steps, lr=cfg.teacher_lr, save_every=TEACHER_SAVE_EVERY,
-                                          init_from=grounded)))
+                                          init_from=grounded), auxiliary=auxiliary))
     else:
         teacher_ckpt = Path(cfg.teacher) if cfg.teacher else SHIPPED_TEACHER
         check_teacher(teacher_ckpt, world, cfg)  # not a step: a mismatch is fixed by other options, not by re-running

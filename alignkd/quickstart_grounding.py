@@ -40,6 +40,12 @@ class GroundingConfig:
     eval_every: int = 100
     val_questions: int = 128
     seed: int = 0
+    # Keep the compact examples and the alignment as an auxiliary loss through the teacher's fine-tuning on the
+    # world's records (`GroundingAuxiliary`): without them those steps undo the stage (docs/quickstart.md).
+    keep_in_finetune: bool = True
+    # Question kinds of the compact examples (alignkd.data.synth_questions.ask). Only kinds answered from the
+    # objects' colours and shapes: the compact scene has no positions or sizes.
+    compact_kinds: tuple[str, ...] = ("exist",)
 
 
 def object_tokens(scene: dict, grid: int) -> dict[int, dict]:
@@ -58,15 +64,22 @@ def object_tokens(scene: dict, grid: int) -> dict[int, dict]:
     return out
 
 
+COMPACT_KINDS = ("exist", "color", "shape", "count_shape", "count_color", "count_all")
+
+
 class GroundingLosses:
     """The three losses on one model (also what `benchmarks/toy_grounding.py` probes with). `objects`: the
     (fewest, most) objects per scene, default the world's."""
 
-    def __init__(self, model, tok, image_size: int, objects: tuple[int, int] | None = None):
+    def __init__(self, model, tok, image_size: int, objects: tuple[int, int] | None = None, kinds: tuple[str, ...] = ("exist",)):
         from alignkd.data.image import ImageProcessor
         from alignkd.data.synth_scene import COLORS, SHAPES
 
         self.model, self.tok, self.image_size, self.objects = model, tok, image_size, objects
+        unknown = set(kinds) - set(COMPACT_KINDS)
+        if unknown:
+            raise AlignKDError(f"compact_kinds {sorted(unknown)}: the compact scene (colour and shape per object) answers only {list(COMPACT_KINDS)}")
+        self.kinds = tuple(kinds)
         self.grid = model.config.pooled_grid
         self.processor = ImageProcessor(model.config.image)
         self.word = {}
@@ -112,9 +125,11 @@ class GroundingLosses:
         rows, labels = [], []
         for _ in range(n):
             scene = self._scene(rng)
-            q = ask(rng, scene, "exist")
+            kind = rng.choice(self.kinds) if len(self.kinds) > 1 else self.kinds[0]
+            q = ask(rng, scene, kind) or ask(rng, scene, "exist")  # some kinds need e.g. a shape no other object has
             ids = self.tok.encode(q["question"])
-            reply = self.tok.encode(q["answer"].capitalize(), add_special_tokens=False) + [self.tok.eos_id]
+            answer = q["answer"].capitalize() if q["answer"] in ("yes", "no") else q["answer"]  # the world's short answers
+            reply = self.tok.encode(answer, add_special_tokens=False) + [self.tok.eos_id]
             objects = torch.stack([self.object_vector(o) for o in scene["objects"]])
             rows.append(torch.cat([emb(torch.tensor(ids[:1])), objects, emb(torch.tensor(ids[1:] + reply))]))
             labels.append(torch.tensor([-100] * (len(rows[-1]) - len(reply)) + reply))
@@ -150,6 +165,30 @@ class GroundingLosses:
         return torch.stack(rows)
 
 
+class GroundingAuxiliary:
+    """The compact and alignment losses as the recipe's `auxiliary` (alignkd.distill.recipe.run): added to every
+    fine-tuning step of the grounded teacher so what the grounding stage taught survives. Examples are drawn from
+    the step, so a resumed run draws the same ones."""
+
+    def __init__(self, world: Path, cfg: GroundingConfig):
+        meta = Path(world) / "world.json"
+        self.world, self.cfg = Path(world), cfg
+        self.image_size = json.loads(meta.read_text())["config"]["image_size"]
+        self._losses: GroundingLosses | None = None
+
+    def __call__(self, student, step: int):
+        if self._losses is None or self._losses.model is not student:
+            from alignkd.data.tokenizer import Tokenizer
+
+            self._losses = GroundingLosses(student, Tokenizer.from_folder(self.world / "tokenizer"), self.image_size,
+                                           kinds=tuple(self.cfg.compact_kinds))
+        rng = random.Random(f"{self.cfg.seed}/grounding/finetune/{step}")
+        loss = self._losses.compact_loss(rng, self.cfg.compact_batch)
+        if self.cfg.align_weight:
+            loss = loss + self.cfg.align_weight * self._losses.align_loss(rng, self.cfg.align_images)
+        return loss
+
+
 def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConfig | None = None, progress: bool = True) -> dict:
     """Train the toy teacher's projector and language model on the three losses; writes OUT/checkpoint (the
     starting point of the teacher's fine-tuning) and, last, OUT/report.json (held-out existence accuracy)."""
@@ -172,7 +211,7 @@ def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConf
     model, tok = load_spec(ModelSpec(preset="synth_teacher", tokenizer=str(world / "tokenizer"), vision_tower_from=str(vision_from)))
     model.train()
     model.vision_tower.requires_grad_(False)
-    g = GroundingLosses(model, tok, image_size)
+    g = GroundingLosses(model, tok, image_size, kinds=tuple(cfg.compact_kinds))
     collate = Collator(tok.pad_id)
 
     def batch(examples):

@@ -39,6 +39,8 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     # the teacher's fine-tuning started from the grounded checkpoint, not from a fresh preset
     assert json.loads((tmp_path / "grounding" / "report.json").read_text())["config"]["steps"] == 2
     assert json.loads((tmp_path / "teacher" / "config.json").read_text())["student"]["path"] == str(tmp_path / "grounding" / "checkpoint")
+    # ... and kept the grounding losses through it (the recipe's auxiliary, logged as aux)
+    assert all(json.loads(line)["aux"] > 0 for line in (tmp_path / "teacher" / "history.jsonl").read_text().splitlines())
     assert (tmp_path / "bundles" / "onnx-fp32" / "manifest.json").is_file()
     assert "Accuracy on the synthetic suite" in format_summary(summary)
     # --train-teacher leaves the record that lets later runs start from this teacher

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from alignkd.quickstart_grounding import GroundingConfig, ground_teacher, object_tokens
+from alignkd.quickstart_grounding import GroundingAuxiliary, GroundingConfig, ground_teacher, object_tokens
 
 
 def _scene(*objects):
@@ -60,3 +60,40 @@ def test_a_tiny_run_writes_a_teacher_checkpoint_and_its_curve(world):
     assert torch.equal(read_state_dict(out / "checkpoint")[vision], read_state_dict(world / "vision")[vision])  # CLIP frozen
     projector = [k for k in read_state_dict(out / "checkpoint") if "mm_projector" in k][0]
     assert not torch.equal(read_state_dict(out / "checkpoint")[projector], read_state_dict(world / "vision")[projector])
+
+
+def test_the_auxiliary_draws_its_examples_from_the_step_and_trains_projector_and_llm(world):
+    """What the teacher's fine-tuning adds to each step: the same step gives the same loss (so a resumed run
+    draws the same examples), another step other examples; its gradient reaches the projector and the LLM."""
+    from alignkd.distill.checkpoint import load_spec
+    from alignkd.distill.config import ModelSpec
+
+    model, _ = load_spec(ModelSpec(path=str(world / "vision")))
+    model.vision_tower.requires_grad_(False)
+    aux = GroundingAuxiliary(world / "world", GroundingConfig(compact_batch=4, align_images=2))
+    first, again, other = aux(model, 3), aux(model, 3), aux(model, 4)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    first.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("mm_projector" in n for n in grads) and any("embed_tokens" in n for n in grads)
+    assert not any("vision_tower" in n for n in grads)
+
+
+def test_compact_examples_ask_the_kinds_configured_and_refuse_others(world, monkeypatch):
+    import random
+
+    import alignkd.data.synth_questions as questions
+    from alignkd.data.tokenizer import Tokenizer
+    from alignkd.distill.checkpoint import load_spec
+    from alignkd.distill.config import ModelSpec
+    from alignkd.errors import AlignKDError
+    from alignkd.quickstart_grounding import GroundingLosses
+
+    model, _ = load_spec(ModelSpec(path=str(world / "vision")))
+    tok = Tokenizer.from_folder(world / "world" / "tokenizer")
+    with pytest.raises(AlignKDError, match=r"compact_kinds \['side'\].*answers only"):
+        GroundingLosses(model, tok, 64, kinds=("exist", "side"))
+    asked, ask = [], questions.ask
+    monkeypatch.setattr(questions, "ask", lambda rng, scene, kind: asked.append(kind) or ask(rng, scene, kind))
+    assert torch.isfinite(GroundingLosses(model, tok, 64, kinds=("count_all",)).compact_loss(random.Random(0), 4))
+    assert asked == ["count_all"] * 4

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -146,11 +147,14 @@ def _interrupted(save, step: int, out_dir: Path, last_saved: Path | None) -> Ali
                                f"saved {saved}")
 
 
-def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool = False) -> Path:
+def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool = False,
+        auxiliary: Callable[[torch.nn.Module, int], torch.Tensor] | None = None) -> Path:
     """Train; returns the output folder (final student in official format at OUT/student).
 
     `resume`: True (the latest checkpoint in output_dir) or a checkpoint path; `overwrite`: replace the earlier
-    run in output_dir. Without either, a non-empty output_dir is refused."""
+    run in output_dir. Without either, a non-empty output_dir is refused. `auxiliary(student, step)`: a loss added
+    to every micro-batch's (logged as `aux`; Python only, e.g. the quickstart's grounding losses kept through the
+    toy teacher's fine-tuning). It should draw its examples from `step`, so a resumed run draws the same."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -221,6 +225,8 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
 
     # ---- train --------------------------------------------------------------------------------------
     shown = [n for n in TERMS if getattr(cfg.loss.weights, n) > 0 and (cfg.distill or n == "ce")]
+    terms_logged = TERMS + (("aux",) if auxiliary is not None else ())
+    shown += ["aux"] if auxiliary is not None else []
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
                desc="distill" if cfg.distill else "train", dynamic_ncols=True)
     last_saved = resume_from
@@ -237,7 +243,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
             skip = done_in_epoch * cfg.grad_accum
             if skip:
                 loader = accelerator.skip_first_batches(loader, skip)
-            sums = torch.zeros(len(TERMS) + 2, device=accelerator.device)
+            sums = torch.zeros(len(terms_logged) + 2, device=accelerator.device)
             for micro, batch in enumerate(loader, start=skip):
                 if micro >= steps_per_epoch * cfg.grad_accum or step >= total_steps:
                     break
@@ -249,9 +255,12 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
                     t_out = (None if batch["input_ids"] is None else cache.teacher_outputs(batch, accelerator.device) if cache
                              else run_teacher(teacher, batch, cfg.loss) if teacher is not None else None)
                     terms = module(batch, t_out)
+                    if auxiliary is not None:
+                        terms["aux"] = auxiliary(accelerator.unwrap_model(module).student, step)
+                        terms["loss"] = terms["loss"] + terms["aux"]
                     # DeepSpeed divides by its gradient_accumulation_steps itself
                     accelerator.backward(terms["loss"] / (1 if deepspeed else cfg.grad_accum))
-                values = torch.stack([terms["loss"].detach().float()] + [terms.get(n, torch.zeros(())).detach().float().reshape(()) for n in TERMS])
+                values = torch.stack([terms["loss"].detach().float()] + [terms.get(n, torch.zeros(())).detach().float().reshape(()) for n in terms_logged])
                 finite = torch.isfinite(values).all().float()
                 sums += torch.cat([values, finite.reshape(1)])  # a NaN stays NaN: the error below shows it
                 if not last:
@@ -259,7 +268,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
                 sums = accelerator.reduce(sums, reduction="mean") / cfg.grad_accum
                 if sums[-1] < 1.0:
                     raise AlignKDError(
-                        f"non-finite loss at step {step + 1}: " + ", ".join(f"{n}={float(v):.4g}" for n, v in zip(("loss",) + TERMS, sums)) +
+                        f"non-finite loss at step {step + 1}: " + ", ".join(f"{n}={float(v):.4g}" for n, v in zip(("loss",) + terms_logged, sums)) +
                         f"; last good checkpoint: {last_saved or 'none'}; lower the learning rate or use bf16 instead of fp16, then --resume"
                     )
                 accelerator.clip_grad_norm_(module.parameters(), cfg.optim.max_grad_norm)
@@ -267,7 +276,7 @@ def run(cfg: TrainConfig, resume=False, progress: bool = True, overwrite: bool =
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                logged = {n: float(v) for n, v in zip(("loss",) + TERMS, sums[:-1])}
+                logged = {n: float(v) for n, v in zip(("loss",) + terms_logged, sums[:-1])}
                 logged["lr"] = scheduler.get_last_lr()[0]
                 history.append({"step": step, **logged})
                 if step % cfg.log_every == 0:

@@ -41,6 +41,28 @@ def test_resume_equals_uninterrupted(world, teacher_ckpt, tmp_path):
     assert (straight / "adapters.safetensors").is_file()
 
 
+def test_auxiliary_loss_is_added_logged_and_resumed(world, teacher_ckpt, tmp_path):
+    """`run(auxiliary=...)` adds the callable's loss to each step's (it changes the weights), logs it as `aux`, and a
+    run resumed at step 2 ends where the straight run ends (the auxiliary is told the step)."""
+    calls = []
+
+    def aux(student, step):
+        calls.append(step)
+        return (step + 1) * 1e-2 * sum(p.square().sum() for p in student.mm_projector.parameters())
+
+    config = lambda out, **kw: from_dict(TrainConfig, synth_config(world, teacher_ckpt, out, teacher=None, max_steps=4, **kw))
+    plain = run(config(tmp_path / "plain"), progress=False)
+    straight = run(config(tmp_path / "straight"), progress=False, auxiliary=aux)
+    assert calls == [0, 1, 2, 3]
+    hist = [json.loads(l) for l in (straight / "history.jsonl").read_text().splitlines()]
+    assert all(h["aux"] > 0 and h["loss"] == pytest.approx(h["ce"] + h["aux"], rel=1e-5) for h in hist), hist
+    saving = run(config(tmp_path / "saving", save_every=2), progress=False, auxiliary=aux)
+    resumed = run(config(tmp_path / "resumed", save_every=2), resume=str(saving / "checkpoints" / "step-2"), progress=False, auxiliary=aux)
+    a, b, c = _weights(straight), _weights(resumed), _weights(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if "mm_projector" in k)
+
+
 def test_ce_only_training(world, teacher_ckpt, tmp_path):
     cfg = synth_config(world, teacher_ckpt, tmp_path / "ce", teacher=None, max_steps=2)
     out = run(from_dict(TrainConfig, cfg), progress=False)
