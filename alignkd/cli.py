@@ -378,9 +378,9 @@ def quickstart(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Start from this teacher folder (OUT/teacher/student of a "
                                            "--train-teacher run; its record must match the world) instead of the shipped one."),
     teacher_steps: int = typer.Option(2000, "--teacher-steps", min=1, help="With --train-teacher: optimizer steps of the toy teacher (batch 8)."),
-    grounding_steps: int = typer.Option(0, "--grounding-steps", min=0, help="With --train-teacher: steps of the grounding stage "
-                                        "before the teacher's fine-tuning (batch 32 + 64 compact; 0 skips it). 800 make a model that "
-                                        "reads its image, which the fine-tuning then undoes: docs/quickstart.md, 'The grounding stage'."),
+    grounding_steps: int = typer.Option(800, "--grounding-steps", min=0, help="With --train-teacher: steps of the grounding stage "
+                                        "before the teacher's fine-tuning (batch 32 + 64 compact; its losses stay in the fine-tuning; "
+                                        "0 skips both): what makes the toy teacher read its image (docs/quickstart.md, 'The grounding stage')."),
     student_steps: int = typer.Option(300, "--student-steps", min=1, help="Optimizer steps of each student (Align-KD and CE-only alike)."),
     blind: bool = typer.Option(False, "--blind", help="Also evaluate the teacher and both students with every image blanked "
                                "(question-only control: how much of each score is language prior)."),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignkd.errors import AlignKDError
@@ -38,10 +38,9 @@ class QuickstartConfig:
     vision_scenes: int = 6000  # fresh scenes it trains on (drawn from the world's generator, not its splits)
     teacher_steps: int = 2000  # batch 8; only with train_teacher (the shipped teacher was trained with this)
     # Only with train_teacher: steps of the grounding stage before the teacher's fine-tuning (quickstart_grounding.py;
-    # 0 skips it). Off by default: 800 steps give a model that reads its image for POPE and MME, but the 2,000
-    # fine-tuning steps after it undo that (docs/quickstart.md, "The grounding stage"). The shipped teacher
-    # predates it (its record has no grounding_steps).
-    grounding_steps: int = 0
+    # 0 skips it), whose compact examples and alignment then stay in the fine-tuning as an auxiliary loss. Without
+    # the stage the teacher does not read its image (docs/quickstart.md, "The grounding stage").
+    grounding_steps: int = 800
     grounding: dict = field(default_factory=dict)  # other GroundingConfig fields (tests shrink the batches)
     student_steps: int = 300  # the Align-KD and the CE-only student alike
     batch_size: int = 8
@@ -121,6 +120,12 @@ def _train_config(out: Path, world: Path, *, preset: str, teacher: Path | None, 
     return from_dict(TrainConfig, data)
 
 
+def _grounding_config(cfg: QuickstartConfig):
+    from alignkd.quickstart_grounding import GroundingConfig
+
+    return GroundingConfig(**{"steps": cfg.grounding_steps, "seed": cfg.seed, **cfg.grounding})
+
+
 def _train(cfg, progress: bool = True, auxiliary=None):
     """A training step of the quickstart owns its folder: continue an interrupted run from its last checkpoint,
     else replace what an earlier attempt left (the recipe refuses a used folder without one of the two)."""
@@ -191,10 +196,10 @@ def quickstart(out: Path, cfg: QuickstartConfig | None = None) -> dict:
              lambda: pretrain_vision(world, vision, VisionPretrainConfig(steps=cfg.vision_steps, scenes=cfg.vision_scenes, seed=cfg.seed)))
         grounded = auxiliary = None
         if cfg.grounding_steps:
-            from alignkd.quickstart_grounding import GroundingAuxiliary, GroundingConfig, ground_teacher
+            from alignkd.quickstart_grounding import GroundingAuxiliary, ground_teacher
 
             grounded = out / "grounding" / "checkpoint"
-            grounding = GroundingConfig(**{"steps": cfg.grounding_steps, "seed": cfg.seed, **cfg.grounding})
+            grounding = _grounding_config(cfg)
             step("ground the toy teacher (compare a question's object with the image)", out / "grounding" / "report.json",
                  lambda: ground_teacher(world, vision / "checkpoint", out / "grounding", grounding))
             auxiliary = GroundingAuxiliary(world, grounding) if grounding.keep_in_finetune else None
@@ -277,6 +282,8 @@ def write_teacher_record(teacher: Path, world: Path, cfg: QuickstartConfig, summ
     sizes = cfg.teacher_record()
     command = " ".join(["alignkd quickstart --train-teacher", *(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items()
                                                                  if k in ("seed", "vision_steps", "grounding_steps", "teacher_steps"))])
+    if cfg.grounding_steps:  # every setting of the grounding stage and of what its fine-tuning kept
+        sizes["grounding"] = asdict(_grounding_config(cfg))
     record = {"command": command, **sizes, "preset": "synth_teacher", "world_hash": world_hash(world),
               "train_seconds": _train_seconds(teacher.parent / "train_summary.json"),
               "scores": {name: _scores_only(summary["accuracy"][name]) for name in ("teacher", "teacher" + SHUFFLED_SUFFIX)

@@ -47,6 +47,7 @@ def test_quickstart_end_to_end_and_rerun_skips(tmp_path):
     record = json.loads((tmp_path / "teacher" / "student" / RECORD).read_text())
     assert record["command"].startswith("alignkd quickstart --train-teacher") and record["teacher_steps"] == 2
     assert record["grounding_steps"] == 2 and "--grounding-steps 2" in record["command"]
+    assert record["grounding"]["steps"] == 2 and record["grounding"]["compact_batch"] == 4 and record["grounding"]["keep_in_finetune"]
     assert record["world_hash"] == world_hash(tmp_path / "world") and record["looking"] == summary["looking"]["teacher"]
     assert record["scores"]["teacher"]["average"] == summary["accuracy"]["teacher"]["average"]
     # a second run finds every training and export step done and skips it
@@ -125,7 +126,7 @@ def test_a_training_step_left_unfinished_continues_or_starts_afresh(tmp_path, mo
     from alignkd.quickstart import _train
 
     calls = []
-    monkeypatch.setattr("alignkd.distill.recipe.run", lambda cfg, resume, overwrite, progress: calls.append((resume, overwrite)))
+    monkeypatch.setattr("alignkd.distill.recipe.run", lambda cfg, resume, overwrite, progress, auxiliary: calls.append((resume, overwrite)))
     cfg = SimpleNamespace(output_dir=str(tmp_path / "teacher"))
     _train(cfg)  # nothing there, or only what an attempt without checkpoints left: start afresh
     ckpt = tmp_path / "teacher" / "checkpoints" / "step-3"

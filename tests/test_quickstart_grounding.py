@@ -97,3 +97,14 @@ def test_compact_examples_ask_the_kinds_configured_and_refuse_others(world, monk
     monkeypatch.setattr(questions, "ask", lambda rng, scene, kind: asked.append(kind) or ask(rng, scene, kind))
     assert torch.isfinite(GroundingLosses(model, tok, 64, kinds=("count_all",)).compact_loss(random.Random(0), 4))
     assert asked == ["count_all"] * 4
+
+
+def test_hard_negatives_ask_about_an_absent_class_made_of_present_colours_and_shapes():
+    import random
+
+    from alignkd.quickstart_grounding import _hard_negative
+
+    scene = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}]}
+    asked = {_hard_negative(random.Random(i), scene) for i in range(20)}
+    assert asked == {"Is there a red square in the image?", "Is there a blue circle in the image?"}
+    assert _hard_negative(random.Random(0), {"objects": [{"color": "red", "shape": "circle"}]}) is None

@@ -147,11 +147,11 @@ def test_margin_of_a_prompt_is_answer_minus_the_best_opposite_piece(tiny):
 
 
 def test_the_shipped_teacher_s_yes_no_answers_survive_the_default_4bit_scheme():
-    """Trained weights (the shipped toy teacher, whose POPE answers are near ties): its decoder linears with the
-    export's 8da4w config, in eager PyTorch. With the lm_head at int8 (the export's) the margins move little and
-    the 4-bit floors pass; with it at int4 (before the fix: the bundle that flipped 11% of POPE) they move more
-    (measured 0.056 and 0.325 here, 0.055 and 0.338 in the exported bundles; only the ratio is asserted, so a
-    better teacher with wider margins does not break this test)."""
+    """Trained weights (the shipped toy teacher): its decoder linears with the export's 8da4w config, in eager
+    PyTorch. With the lm_head at int8 (the export's) the 4-bit floors pass, and the margins move no more than with
+    it at int4. Measured: the previous shipped teacher, whose POPE answers were near ties, 0.056 (int8 lm_head)
+    against 0.325 (int4: the bundle that flipped 11% of POPE); the grounded teacher shipped on 2026-12-01, whose
+    answers are not near ties, 0.018 against 0.020, so the lm_head's bits matter little for it."""
     import copy
 
     from alignkd.export.quantize import quantize_decoder_linears
@@ -169,4 +169,4 @@ def test_the_shipped_teacher_s_yes_no_answers_survive_the_default_4bit_scheme():
     assert new["answered"] == 12, "the shipped teacher answers the yes/no prompts with yes or no"
     ok, misses = parity.judge("8da4w", {"exact_match": False, "token_agreement": 1.0, "logit_cosine": 1.0}, answers=new)
     assert ok, misses
-    assert old["margin_change"] > 2 * new["margin_change"], (old["margin_change"], new["margin_change"])
+    assert old["answered"] == 12 and new["margin_change"] <= old["margin_change"], (old["margin_change"], new["margin_change"])
