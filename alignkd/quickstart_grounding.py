@@ -206,9 +206,11 @@ class GroundingAuxiliary:
         return loss
 
 
-def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConfig | None = None, progress: bool = True) -> dict:
-    """Train the toy teacher's projector and language model on the three losses; writes OUT/checkpoint (the
-    starting point of the teacher's fine-tuning) and, last, OUT/report.json (held-out existence accuracy)."""
+def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConfig | None = None, progress: bool = True,
+                   preset: str = "synth_teacher") -> dict:
+    """Train a fresh `preset` model's projector and language model (on `vision_from`'s frozen toy CLIP) on the
+    three losses; writes OUT/checkpoint (the starting point of its fine-tuning) and, last, OUT/report.json
+    (held-out existence accuracy)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -225,7 +227,7 @@ def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConf
     image_size = json.loads(meta.read_text())["config"]["image_size"]
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model, tok = load_spec(ModelSpec(preset="synth_teacher", tokenizer=str(world / "tokenizer"), vision_tower_from=str(vision_from)))
+    model, tok = load_spec(ModelSpec(preset=preset, tokenizer=str(world / "tokenizer"), vision_tower_from=str(vision_from)))
     model.train()
     model.vision_tower.requires_grad_(False)
     g = GroundingLosses(model, tok, image_size, kinds=tuple(cfg.compact_kinds))
@@ -247,7 +249,7 @@ def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConf
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
     curve = []
-    for step in tqdm(range(cfg.steps + 1), desc="ground the teacher", disable=not progress):
+    for step in tqdm(range(cfg.steps + 1), desc=f"ground the {preset}", disable=not progress):
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curve.append({"step": step, "existence_accuracy": round(_accuracy(model, val), 4),
                           "seconds": round(time.perf_counter() - t0, 1)})
@@ -266,7 +268,7 @@ def ground_teacher(world: Path, vision_from: Path, out: Path, cfg: GroundingConf
     labels = val["labels"]
     answers = labels[torch.arange(len(labels)), (labels != -100).float().argmax(1)]  # each question's Yes / No token
     majority = answers.unique(return_counts=True)[1].max().item() / len(answers)
-    report = {"config": asdict(cfg), "curve": curve, "majority": round(majority, 4),
+    report = {"config": asdict(cfg), "preset": preset, "curve": curve, "majority": round(majority, 4),
               "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(out / "checkpoint")}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")  # written last: marks the stage done
     return report

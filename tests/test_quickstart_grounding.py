@@ -54,6 +54,7 @@ def test_a_tiny_run_writes_a_teacher_checkpoint_and_its_curve(world):
     cfg = GroundingConfig(steps=2, batch_size=2, compact_batch=4, align_steps=2, align_images=2, eval_every=1, val_questions=8)
     report = ground_teacher(world / "world", world / "vision", out, cfg, progress=False)
     assert [r["step"] for r in report["curve"]] == [0, 1, 2] and 0.5 <= report["majority"] <= 1.0
+    assert report["preset"] == "synth_teacher"
     assert json.loads((out / "report.json").read_text())["checkpoint"] == str(out / "checkpoint")
     model, _ = load_spec(ModelSpec(path=str(out / "checkpoint")))  # the fine-tuning's starting point loads
     vision = "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"
@@ -108,3 +109,16 @@ def test_hard_negatives_ask_about_an_absent_class_made_of_present_colours_and_sh
     asked = {_hard_negative(random.Random(i), scene) for i in range(20)}
     assert asked == {"Is there a red square in the image?", "Is there a blue circle in the image?"}
     assert _hard_negative(random.Random(0), {"objects": [{"color": "red", "shape": "circle"}]}) is None
+
+
+def test_a_student_can_be_grounded_on_the_teachers_clip(world):
+    """benchmarks/toy_student_start.py grounds the student preset the same way."""
+    from alignkd.models.checkpoint import read_state_dict
+
+    cfg = GroundingConfig(steps=1, batch_size=2, compact_batch=2, align_steps=1, align_images=2, eval_every=1, val_questions=4)
+    report = ground_teacher(world / "world", world / "vision", world / "student", cfg, progress=False, preset="synth_student")
+    assert report["preset"] == "synth_student"
+    config = json.loads((world / "student" / "checkpoint" / "config.json").read_text())
+    assert config["hidden_size"] == 128, config
+    vision = "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(read_state_dict(world / "student" / "checkpoint")[vision], read_state_dict(world / "vision")[vision])
