@@ -4,3 +4,7 @@ Run `alignkd --help` for the stages.
 """
 
 __version__ = "0.1.0"
+
+from alignkd import _noise
+
+_noise.install()
