@@ -322,8 +322,14 @@ def weight_bytes(row: dict, d: dict) -> tuple[float, str]:
         return 4.0 * linear_weights(d), "fp32 linears (model dims)"
     manifest = json.loads((row["model"] / "manifest.json").read_text())
     group = manifest["quant"].get("group_size", 32)
-    per_weight = 0.5 + 2 / group if scheme == "8da4w" else 1 + 4 / d["hidden"]
-    return per_weight * linear_weights(d), f"{scheme} linears (model dims, group {group})"
+    int8 = 1 + 4 / d["hidden"]  # int8 per output channel, an fp32 scale per row
+    if scheme != "8da4w":
+        return int8 * linear_weights(d), f"{scheme} linears (model dims)"
+    head = d["vocab"] * d["hidden"]
+    head_bits = manifest["quant"].get("lm_head_bits", 4)  # bundles before the lm_head fix kept it at int4
+    head_bytes = int8 * head if head_bits == 8 else (0.5 + 2 / group) * head
+    return (0.5 + 2 / group) * (linear_weights(d) - head) + head_bytes, \
+        f"8da4w linears (model dims, group {group}, lm_head int{head_bits})"
 
 
 def _gguf_weight_bytes(bundle: Path, scheme: str, d: dict) -> tuple[float, str]:

@@ -272,3 +272,19 @@ def test_real_shape_checkpoint_from_before_the_padding_gets_a_padded_tokenizer_i
     padded = Tokenizer.from_folder(old)
     assert padded.vocab_size == 640 and padded.encode("USER: hi there") == Tokenizer.from_folder(tiny).encode("USER: hi there")
     assert sorted(p.name for p in old.iterdir()) == ["config.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
+
+
+def test_runtimes_roofline_counts_the_int8_lm_head_of_a_4bit_bundle(tmp_path):
+    """An 8da4w bundle whose manifest says `lm_head_bits: 8` reads its lm_head at a byte per weight (plus a scale
+    per row); a bundle from before that fix (no `lm_head_bits`) at the body's int4 rate."""
+    rt = _load("runtimes")
+    d = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 4, "head_dim": 16, "ffn": 128, "vocab": 512}
+    head, body = 512 * 64, rt.linear_weights(d) - 512 * 64
+    for bits, head_per_weight in ((8, 1 + 4 / 64), (None, 0.5 + 2 / 32)):
+        bundle = tmp_path / f"b{bits}"
+        bundle.mkdir()
+        quant = {"scheme": "8da4w", "group_size": 32, **({"lm_head_bits": bits} if bits else {})}
+        (bundle / "manifest.json").write_text(json.dumps({"quant": quant}))
+        got, source = rt.weight_bytes({"runtime": "executorch", "scheme": "8da4w", "model": bundle}, d)
+        assert got == pytest.approx(body * (0.5 + 2 / 32) + head * head_per_weight)
+        assert f"lm_head int{bits or 4}" in source
