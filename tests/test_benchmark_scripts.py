@@ -288,3 +288,20 @@ def test_runtimes_roofline_counts_the_int8_lm_head_of_a_4bit_bundle(tmp_path):
         got, source = rt.weight_bytes({"runtime": "executorch", "scheme": "8da4w", "model": bundle}, d)
         assert got == pytest.approx(body * (0.5 + 2 / 32) + head * head_per_weight)
         assert f"lm_head int{bits or 4}" in source
+
+
+def test_decode_linears_lowers_every_linear_whole_and_times_it(tmp_path):
+    """A tiny stack: every linear (7 per layer and the lm_head) is an XNNPACK delegate call and nothing is left to
+    the portable kernels; the row carries its timing and the bytes its weights read."""
+    bench = _load("decode_linears")
+    out = tmp_path / "lin.json"
+    result = bench.main(["--layers", "1", "--dims", "64", "128", "256", "--variants", "8da4w:32", "--warmup", "1",
+                         "--iters", "3", "--bandwidth-mb", "16", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    (row,) = result["rows"]
+    assert row["portable_ops"] == [] and row["delegate_calls"] >= 8
+    assert row["ms_per_token"] > 0 and row["read_gb_s"] == pytest.approx(row["weight_bytes"] / row["ms_per_token"] / 1e6, rel=0.01)
+    model = bench.linear_stack(1, 64, 128, 256)
+    lm_head = 256 * 64 + 4 * 256  # int8 and a scale per row in both schemes
+    assert row["weight_bytes"] == bench.weight_bytes(model, "8da4w", 32) == (57344 - 256 * 64) * (0.5 + 2 / 32) + lm_head
+    assert bench.weight_bytes(model, "8da8w", 0) > row["weight_bytes"]
