@@ -30,7 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-HIDDEN, FFN, VOCAB, LAYERS = 2048, 5632, 32000, 24  # MobileLLaMA-1.4B (mobilevlm_v2_1_7b's language model)
+
+
+def real_shape() -> tuple[int, int, int, int]:
+    """(layers, hidden, ffn, vocab) of MobileVLM V2 1.7B's language model, from the project's own config."""
+    from alignkd.models.mobilevlm import mobilevlm_v2_1_7b
+
+    llm = mobilevlm_v2_1_7b().llm
+    return llm.num_hidden_layers, llm.hidden_size, llm.intermediate_size, llm.vocab_size
 
 
 def linear_stack(layers: int, hidden: int, ffn: int, vocab: int, seed: int = 0):
@@ -122,8 +129,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="+", default=["8da4w:32", "8da4w:128", "8da4w:256", "8da8w:0"],
                     help="SCHEME:GROUP (8da4w:32, 8da8w:0)")
-    ap.add_argument("--layers", type=int, default=LAYERS)
-    ap.add_argument("--dims", type=int, nargs=3, default=(HIDDEN, FFN, VOCAB), metavar=("HIDDEN", "FFN", "VOCAB"),
+    layers, *dims = real_shape()
+    ap.add_argument("--layers", type=int, default=layers)
+    ap.add_argument("--dims", type=int, nargs=3, default=tuple(dims), metavar=("HIDDEN", "FFN", "VOCAB"),
                     help="another shape (tests use a tiny one)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
