@@ -62,6 +62,12 @@ def main(argv=None) -> dict:
 
     cfg = QuickstartConfig(student_steps=args.student_steps)
     out, t0 = args.out, time.perf_counter()
+    # Students are reused by folder: refuse a folder whose students were trained another way.
+    settings, record = {"student_steps": args.student_steps, "keep_grounding": args.keep_grounding}, out / "students.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        raise SystemExit(f"{out} holds students trained with {json.loads(record.read_text())}, not {settings}; pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings) + "\n")
     world = args.world or out / "world"
     if not (world / "world.json").is_file():
         synthesize(world, _world_config(cfg), overwrite=True)

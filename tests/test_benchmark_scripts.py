@@ -305,3 +305,11 @@ def test_decode_linears_lowers_every_linear_whole_and_times_it(tmp_path):
     lm_head = 256 * 64 + 4 * 256  # int8 and a scale per row in both schemes
     assert row["weight_bytes"] == bench.weight_bytes(model, "8da4w", 32) == (57344 - 256 * 64) * (0.5 + 2 / 32) + lm_head
     assert bench.weight_bytes(model, "8da8w", 0) > row["weight_bytes"]
+
+
+def test_toy_student_start_refuses_a_folder_of_students_trained_another_way(tmp_path):
+    """Students are reused by folder, so a folder trained with other settings is refused before any work."""
+    (tmp_path / "students.json").write_text(json.dumps({"student_steps": 300, "keep_grounding": True}))
+    with pytest.raises(SystemExit, match="keep_grounding.*pass another --out"):
+        _load("toy_student_start").main(["--out", str(tmp_path)])
+    assert not (tmp_path / "world").exists()
